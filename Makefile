@@ -1,0 +1,43 @@
+# turnout: two commands. `make up` runs the local platform, `make test` runs every check.
+# Both install what they need into .venv/ first; a second run with nothing changed is quick.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export TURNOUT_HOME ?= $(CURDIR)/.turnout
+
+.PHONY: up test venv lint typecheck contracts unit bench clean
+
+venv: $(STAMP)
+
+# torch==2.13.0 resolves to the CPU wheel; constraints.txt pins every transitive dependency.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+up: $(STAMP)
+	$(VENV)/bin/turnout up
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck contracts unit
+
+bench: $(STAMP)
+	$(PY) bench/model_server.py
+
+clean:
+	rm -rf $(VENV) .turnout .mypy_cache .ruff_cache .pytest_cache

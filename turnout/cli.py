@@ -1,0 +1,232 @@
+"""The ``turnout`` command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from turnout.settings import settings, use_local_model_store
+
+DEFAULT_MODEL = "fraud"
+
+
+def _project_root() -> Path:
+    spec = importlib.util.find_spec("services")
+    if spec is None or spec.origin is None:
+        raise click.ClickException("turnout's services package is not installed")
+    return Path(spec.origin).resolve().parent.parent
+
+
+@click.group()
+@click.version_option(package_name="turnout")
+def main() -> None:
+    """turnout: train, serve and roll out model versions safely."""
+    use_local_model_store()
+
+
+@main.command()
+@click.option("--data", default="synthetic", show_default=True, help="'synthetic' or a CSV/Parquet path")
+@click.option("--rows", default=60_000, show_default=True, help="synthetic rows to generate")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--day", default=0.0, show_default=True, help="synthetic day (drift is indexed by it)")
+@click.option(
+    "--drift",
+    "drift_spec",
+    default="",
+    help="synthetic drift, e.g. covariate=0.8,concept=0.5,mode=sudden,start_day=0",
+)
+@click.option("--name", default=DEFAULT_MODEL, show_default=True)
+@click.option("--version", "version", default=None, help="version label (default: next vN)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def train(
+    data: str,
+    rows: int,
+    seed: int,
+    day: float,
+    drift_spec: str,
+    name: str,
+    version: str | None,
+    as_json: bool,
+) -> None:
+    """Train a model version and register it in the model store."""
+    from training import data as datasets
+    from training import store
+    from training.evaluate import summary
+    from training.train import train as fit
+
+    try:
+        if data == "synthetic":
+            drift = datasets.Drift.parse(drift_spec)
+            df = datasets.generate(rows, seed=seed, day=day, drift=drift)
+            source = f"synthetic rows={rows} day={day} drift={drift_spec or 'none'}"
+        else:
+            if drift_spec:
+                raise click.UsageError("--drift applies only to --data synthetic")
+            df = datasets.load_table(data)
+            source = data
+        if version is not None and store.exists(f"{name}:{version}"):
+            raise click.ClickException(f"model {name}:{version} already exists")
+        result = fit(df, seed=seed)
+        tag = store.save(result, name=name, version=version, extra={"data_source": source})
+    except (ValueError, datasets.DataError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "tag": tag,
+                    "metrics": result.metrics,
+                    "baseline_metrics": result.baseline_metrics,
+                    "weights_sha256": result.weights_sha256,
+                    "epochs": result.epochs,
+                }
+            )
+        )
+        return
+    click.echo(f"trained {tag}  ({source}, seed {seed}, {result.epochs} epochs)")
+    click.echo(f"  model     {summary(result.metrics)}")
+    click.echo(f"  baseline  {summary(result.baseline_metrics)}")
+
+
+@main.command()
+@click.option("--name", default=None, help="only this model")
+@click.option("--json", "as_json", is_flag=True)
+def models(name: str | None, as_json: bool) -> None:
+    """List model versions with their key metrics."""
+    from training import store
+
+    rows = store.list_versions(name)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no models yet: run `turnout train`")
+        return
+    click.echo(f"{'TAG':<24} {'CREATED':<26} {'ROC-AUC':>8} {'PR-AUC':>8} {'BASE PR':>8}")
+    for r in rows:
+        m, b = r["metrics"], r["baseline_metrics"]
+        click.echo(
+            f"{r['tag']:<24} {r['created']:<26} {m.get('roc_auc', 0):>8.4f} "
+            f"{m.get('pr_auc', 0):>8.4f} {b.get('pr_auc', 0):>8.4f}"
+        )
+
+
+def _serve_command(tag: str, *, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, "TURNOUT_MODEL": tag}
+    env.setdefault("TURNOUT_HOME", str(settings().home))
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "services.model.service:FraudModel",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(_project_root()),
+    ]
+    return cmd, env
+
+
+def _check_model(tag: str) -> str:
+    from training import store
+
+    if ":" not in tag:
+        raise click.UsageError(f"name the version as name:version, e.g. {tag}:v1")
+    if not store.exists(tag):
+        raise click.ClickException(f"model {tag} not found; `turnout models` lists what exists")
+    return tag
+
+
+@main.command()
+@click.argument("tag")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True)
+def serve(tag: str, host: str, port: int) -> None:
+    """Serve model version TAG (e.g. fraud:v1) with BentoML."""
+    cmd, env = _serve_command(_check_model(tag), host=host, port=port)
+    os.execve(cmd[0], cmd, env)
+
+
+def wait_ready(url: str, *, timeout: float, process: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise click.ClickException(f"server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"{url} not ready after {timeout:.0f}s")
+
+
+def _example_row() -> list[float]:
+    from training.data import features_matrix, generate
+
+    return [float(v) for v in features_matrix(generate(1, seed=7))[0]]
+
+
+@main.command()
+@click.option("--name", default=DEFAULT_MODEL, show_default=True)
+@click.option("--port", default=3000, show_default=True)
+def up(name: str, port: int) -> None:
+    """Run the local platform: train the demo model if missing, serve it, print how to call it."""
+    from training import store
+
+    versions = store.list_versions(name)
+    if versions:
+        tag = versions[0]["tag"]
+        click.echo(f"model store: {settings().bentoml_home} (serving newest: {tag})")
+    else:
+        click.echo("no model yet: training the demo model (about a minute)...")
+        from training.data import generate
+        from training.train import train as fit
+
+        tag = store.save(fit(generate(60_000, seed=0), seed=0), name=name, version="v1")
+        click.echo(f"trained {tag}")
+    cmd, env = _serve_command(tag, host="127.0.0.1", port=port)
+    proc = subprocess.Popen(cmd, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/v2/health/ready", timeout=120, process=proc)
+        model, _, version = tag.partition(":")
+        body = json.dumps(
+            {"inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32", "data": _example_row()}]}
+        )
+        click.echo(
+            f"\nturnout is serving {tag} at {base}\n\n"
+            f"  curl -s {base}/v2/models/{model}/infer -H 'content-type: application/json' \\\n"
+            f"    -d '{body}'\n\n"
+            f"  model metadata: {base}/v2/models/{model}    metrics: {base}/metrics\n"
+            "Ctrl-C stops it."
+        )
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
