@@ -14,6 +14,7 @@ strength from ``start_day``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,7 +196,9 @@ class _Rule:
             for name in self.__dataclass_fields__
             if name != "category"
         }
-        cat = tuple((1 - c) * a + c * b for a, b in zip(self.category, target.category, strict=True))
+        cat = tuple(
+            (1 - c) * a + c * b for a, b in zip(self.category, target.category, strict=True)
+        )
         return _Rule(**mix, category=cat)
 
 
@@ -352,7 +355,8 @@ def _label(path: Path, col: pd.Series, name: str) -> pd.Series:
 
 def features_matrix(df: pd.DataFrame, schema: Schema = FRAUD_SCHEMA) -> np.ndarray:
     """The model's input: float32 [N, F] in schema order (categories as their codes)."""
-    return df[schema.names].to_numpy(dtype=np.float32)
+    matrix: np.ndarray = df[schema.names].to_numpy(dtype=np.float32)
+    return matrix
 
 
 def fingerprint(df: pd.DataFrame) -> str:
@@ -371,5 +375,5 @@ def split(
     bounds = np.cumsum([0, *(round(f * len(df)) for f in fractions[:-1]), len(df)])
     bounds[-1] = len(df)
     return tuple(
-        df.iloc[order[a:b]].reset_index(drop=True) for a, b in zip(bounds, bounds[1:], strict=False)
+        df.iloc[order[a:b]].reset_index(drop=True) for a, b in itertools.pairwise(bounds)
     )

@@ -34,6 +34,11 @@ class Architecture:
 class FraudNet(nn.Module):
     """MLP over [N, F] float32 features in schema order; returns fraud logits [N]."""
 
+    numeric_index: torch.Tensor
+    categorical_index: torch.Tensor
+    center: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         feats = arch.schema.features
@@ -59,7 +64,7 @@ class FraudNet(nn.Module):
         return torch.sign(x) * torch.log1p(torch.abs(x))
 
     def fit_normalisation(self, x: np.ndarray) -> None:
-        numeric = self._squash(torch.from_numpy(x[:, self.numeric_index.numpy()]).double())
+        numeric = self._squash(torch.from_numpy(x).double()[:, self.numeric_index])
         self.center.copy_(numeric.mean(0).float())
         self.scale.copy_(numeric.std(0).clamp_min(1e-6).float())
 

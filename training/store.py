@@ -73,7 +73,11 @@ def next_version(name: str) -> str:
 
 
 def save(
-    result: TrainResult, *, name: str, version: str | None = None, extra: dict[str, Any] | None = None
+    result: TrainResult,
+    *,
+    name: str,
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
     """Register a trained model; returns its tag. Refuses to overwrite an existing version."""
     version = version or next_version(name)
@@ -122,9 +126,7 @@ def load(tag: str) -> LoadedModel:
         model = bentoml.models.get(tag)
     except NotFound:
         raise ModelNotFound(f"model {tag} not found in the model store") from None
-    return from_directory(
-        Path(model.path), tag=str(model.tag), metadata=dict(model.info.metadata)
-    )
+    return from_directory(Path(model.path), tag=str(model.tag), metadata=dict(model.info.metadata))
 
 
 def from_directory(path: Path, *, tag: str, metadata: dict[str, Any]) -> LoadedModel:

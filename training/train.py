@@ -69,7 +69,11 @@ def deterministic_torch(seed: int) -> Iterator[torch.Generator]:
 
 
 def train(
-    df: pd.DataFrame, *, seed: int = 0, params: TrainParams | None = None, schema: Schema = FRAUD_SCHEMA
+    df: pd.DataFrame,
+    *,
+    seed: int = 0,
+    params: TrainParams | None = None,
+    schema: Schema = FRAUD_SCHEMA,
 ) -> TrainResult:
     params = params or TrainParams()
     if schema.label not in df.columns:

@@ -36,10 +36,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--data", default="synthetic", show_default=True, help="'synthetic' or a CSV/Parquet path")
+@click.option(
+    "--data", default="synthetic", show_default=True, help="'synthetic' or a CSV/Parquet path"
+)
 @click.option("--rows", default=60_000, show_default=True, help="synthetic rows to generate")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--day", default=0.0, show_default=True, help="synthetic day (drift is indexed by it)")
+@click.option(
+    "--day", default=0.0, show_default=True, help="synthetic day (drift is indexed by it)"
+)
 @click.option(
     "--drift",
     "drift_spec",
@@ -123,7 +127,8 @@ def models(name: str | None, as_json: bool) -> None:
 
 
 def _serve_command(tag: str, *, host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    env = {**os.environ, "TURNOUT_MODEL": tag}
+    # bentoml reads BENTOML_HOME before it imports the service, so pass it explicitly.
+    env = {**os.environ, "TURNOUT_MODEL": tag, "BENTOML_HOME": str(use_local_model_store())}
     env.setdefault("TURNOUT_HOME", str(settings().home))
     cmd = [
         sys.executable,
@@ -205,9 +210,18 @@ def up(name: str, port: int) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{base}/v2/health/ready", timeout=120, process=proc)
-        model, _, version = tag.partition(":")
+        model = tag.partition(":")[0]
         body = json.dumps(
-            {"inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32", "data": _example_row()}]}
+            {
+                "inputs": [
+                    {
+                        "name": "features",
+                        "shape": [1, 14],
+                        "datatype": "FP32",
+                        "data": _example_row(),
+                    }
+                ]
+            }
         )
         click.echo(
             f"\nturnout is serving {tag} at {base}\n\n"

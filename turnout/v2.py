@@ -184,9 +184,7 @@ def check_features(
     finite = np.isfinite(features)
     if not finite.all():
         row, col = (int(v) for v in np.argwhere(~finite)[0])
-        raise ProtocolError(
-            400, f"input {name!r}: NaN or infinity at row {row}, column {col}"
-        )
+        raise ProtocolError(400, f"input {name!r}: NaN or infinity at row {row}, column {col}")
     return features
 
 

@@ -53,16 +53,15 @@ class MicroBatcher:
         self._inline_rows = inline_rows
         self._on_batch = on_batch
         self._queue: collections.deque[_Job] = collections.deque()
-        self._running = False
+        self._drainer: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def __call__(self, rows: Array) -> Array:
         loop = asyncio.get_running_loop()
         job = _Job(rows, loop.create_future())
         self._queue.append(job)
-        if not self._running:
-            self._running = True
-            loop.create_task(self._drain())
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
         return await job.future
 
     async def _drain(self) -> None:
@@ -92,7 +91,7 @@ class MicroBatcher:
                         job.future.set_result(out[start:end])
                     start = end
         finally:
-            self._running = False
+            self._drainer = None
 
     def _queued_rows(self) -> int:
         return sum(len(j.rows) for j in self._queue)

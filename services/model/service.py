@@ -27,7 +27,7 @@ import orjson  # noqa: E402
 import torch  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse, Response  # noqa: E402
+from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from services.http import BodyLimit  # noqa: E402
@@ -159,7 +159,9 @@ async def model_metadata(request: Request) -> Response:
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1]}],
             "parameters": {
                 "feature_names": rt.schema.names,
-                "categories": {f.name: list(f.categories) for f in rt.schema.features if f.categories},
+                "categories": {
+                    f.name: list(f.categories) for f in rt.schema.features if f.categories
+                },
             },
         },
     )
@@ -187,7 +189,9 @@ async def infer(request: Request) -> Response:
         )
         rt.check(req.features)
     except v2.ProtocolError as exc:
-        return _error(rt, exc.status, exc.message, "too_large" if exc.status == 413 else "bad_input")
+        return _error(
+            rt, exc.status, exc.message, "too_large" if exc.status == 413 else "bad_input"
+        )
     scores = await rt.predict(req.features)
     payload, headers = v2.encode_infer(
         model_name=rt.name,
@@ -241,8 +245,7 @@ class FraudModel:
                 f"model {tag} is not in the model store at {SETTINGS.bentoml_home}; "
                 "train it with `turnout train` or set TURNOUT_MODEL"
             )
-        stored = self.model_ref.stored
-        assert stored is not None
+        stored: Any = self.model_ref  # on an instance this is the resolved stored model
         self.runtime = Runtime(
             store.from_directory(
                 Path(stored.path), tag=str(stored.tag), metadata=dict(stored.info.metadata)
@@ -270,9 +273,8 @@ class FraudModel:
             rt.check(checked)
         except v2.ProtocolError as exc:
             rt.monitor.error("too_large" if exc.status == 413 else "bad_input")
-            return JSONResponse(
-                {"error": exc.message}, exc.status, headers={VERSION_HEADER: rt.version}
-            )
+            ctx.response.status_code = exc.status
+            return {"error": exc.message}
         scores = await rt.predict(checked)
         return {"model_version": rt.version, OUTPUT: scores.tolist()}
 
