@@ -224,7 +224,7 @@ def generate(n: int, *, seed: int = 0, day: float = 0, drift: Drift | None = Non
 
     customer_age = np.clip(rng.normal(44 - 6 * cov, 14, n), 18, 95).round()
     account_age = np.clip(rng.exponential(900 * (1 - 0.4 * min(cov, 1)), n), 0, 9000).round()
-    avg_amount = np.exp(rng.normal(3.6 + 0.3 * cov, 0.6, n))
+    avg_amount = np.exp(rng.normal(3.6 + 0.7 * cov, 0.6, n))
     ratio = np.exp(rng.normal(0.0 + 0.1 * cov, 0.55, n))
     amount = np.round(avg_amount * ratio, 2)
     hour = np.floor((rng.normal(14 + 2 * cov, 5, n)) % 24)

@@ -141,7 +141,10 @@ def from_directory(path: Path, *, tag: str, metadata: dict[str, Any]) -> LoadedM
 
 
 def _list(name: str | None = None) -> list[Any]:
-    return list(bentoml.models.list(name) if name else bentoml.models.list())
+    try:
+        return list(bentoml.models.list(name) if name else bentoml.models.list())
+    except NotFound:
+        return []
 
 
 def list_versions(name: str | None = None) -> list[dict[str, Any]]:

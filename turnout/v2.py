@@ -160,6 +160,9 @@ def _decode_tensor(
         raise ProtocolError(
             400, f"{label}: 'data' must be numbers matching datatype {datatype}"
         ) from None
+    if np.isnan(array).any():  # JSON has no NaN literal: these were nulls
+        index = int(np.flatnonzero(np.isnan(array.ravel()))[0])
+        raise ProtocolError(400, f"{label}: 'data' has null at flat index {index}")
     if array.size != count:
         raise ProtocolError(
             400, f"{label}: shape {shape} needs {count} values but 'data' has {array.size}"
