@@ -123,6 +123,8 @@ async def run_client(
     measure_from = t_start + int(warmup * 1e9)
     stop_at = measure_from + int(duration * 1e9)
     cpu0: list[float] = []
+    stall_ns = 100_000_000  # requests slower than 100 ms are listed by start time
+    stalls: list[tuple[int, int]] = []
 
     async def worker(conn: _Conn) -> None:
         clock = time.perf_counter_ns
@@ -139,6 +141,8 @@ async def run_client(
             t1 = clock()
             if t0 >= measure_from:
                 append(t1 - t0)
+                if t1 - t0 > stall_ns:
+                    stalls.append((t0 - measure_from, t1 - t0))
                 statuses[status] = statuses.get(status, 0) + 1
             elif not cpu0 and t1 >= measure_from:
                 ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -172,6 +176,9 @@ async def run_client(
         "p99_ms": round(_percentile(latencies, 99), 3),
         "p999_ms": round(_percentile(latencies, 99.9), 3),
         "max_ms": round(latencies[-1] / 1e6, 3) if latencies else None,
+        "over_100ms": len(stalls),
+        # start offset (s) and latency (ms) of the first slow requests: periodic stalls show here
+        "over_100ms_sample": [[round(a / 1e9, 3), round(b / 1e6, 1)] for a, b in stalls[:200]],
         "client_cpu_s": round(cpu_s, 3),
         "client_cpu_util": round(cpu_s / span_s, 3),
     }

@@ -182,9 +182,10 @@ def wait_ready(url: str, *, timeout: float, process: subprocess.Popen[Any] | Non
 
 
 def _example_row() -> list[float]:
-    from training.data import features_matrix, generate
+    from training.data import FRAUD_SCHEMA, generate
 
-    return [float(v) for v in features_matrix(generate(1, seed=7))[0]]
+    row = generate(1, seed=7)[FRAUD_SCHEMA.names].iloc[0]
+    return [round(float(v), 4) for v in row]
 
 
 @main.command()
