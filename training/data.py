@@ -374,6 +374,4 @@ def split(
     order = np.random.default_rng(seed).permutation(len(df))
     bounds = np.cumsum([0, *(round(f * len(df)) for f in fractions[:-1]), len(df)])
     bounds[-1] = len(df)
-    return tuple(
-        df.iloc[order[a:b]].reset_index(drop=True) for a, b in itertools.pairwise(bounds)
-    )
+    return tuple(df.iloc[order[a:b]].reset_index(drop=True) for a, b in itertools.pairwise(bounds))

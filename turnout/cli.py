@@ -207,6 +207,9 @@ def up(name: str, port: int) -> None:
         tag = store.save(fit(generate(60_000, seed=0), seed=0), name=name, version="v1")
         click.echo(f"trained {tag}")
     cmd, env = _serve_command(tag, host="127.0.0.1", port=port)
+    # SIGTERM (e.g. from a supervisor) must stop the server too: turn it into SystemExit so
+    # the cleanup below runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     proc = subprocess.Popen(cmd, env=env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -1,4 +1,4 @@
-"""`bentoml build` from the repo packs the model server and writes its Dockerfile (no Docker engine)."""
+"""`bentoml build` packs the model server and writes its Dockerfile, with no Docker engine."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ def test_bentoml_build_packs_the_served_version(trained) -> None:
     env = {**os.environ, "TURNOUT_MODEL": tag}
     out = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag", str(ROOT)],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     bento_tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")

@@ -44,8 +44,17 @@ def expected(trained, rows):
 
 
 def infer_body(x: np.ndarray, **extra) -> dict:
-    return {"inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP32",
-                        "data": x.ravel().tolist()}], **extra}
+    return {
+        "inputs": [
+            {
+                "name": "features",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.ravel().tolist(),
+            }
+        ],
+        **extra,
+    }
 
 
 # --- protocol surface ---------------------------------------------------------------------
@@ -158,8 +167,10 @@ def test_concurrent_callers_each_get_their_own_answer(server, rows, expected) ->
 
     async def burst():
         async with httpx.AsyncClient(base_url=server, timeout=10) as c:
-            calls = [c.post("/v2/models/fraud/infer", json=infer_body(rows[i : i + 1], id=str(i)))
-                     for i in range(len(rows))]
+            calls = [
+                c.post("/v2/models/fraud/infer", json=infer_body(rows[i : i + 1], id=str(i)))
+                for i in range(len(rows))
+            ]
             return await asyncio.gather(*calls)
 
     for resp in asyncio.run(burst()):
@@ -189,8 +200,16 @@ ROW = [50.0, 12, 40, 400, 3, 2, 45, 1.1, 0.2, 0.8, 0, 1, 0, 1]
         (_v2([600, 14], ROW * 600), 413, "600 rows is more than the limit of 512"),
         ({"inputs": []}, 400, "non-empty 'inputs'"),
         ({"inputs": [{"name": "features", "shape": [1, 14]}]}, 400, "'datatype' is missing"),
-        ({"inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32"}]}, 400, "no 'data'"),
-        (_v2([1, 14], [*ROW[:11], 9, 0, 1]), 400, "feature 'merchant_category' (column 11) at row 0 is 9"),
+        (
+            {"inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32"}]},
+            400,
+            "no 'data'",
+        ),
+        (
+            _v2([1, 14], [*ROW[:11], 9, 0, 1]),
+            400,
+            "feature 'merchant_category' (column 11) at row 0 is 9",
+        ),
         (_v2([1, 14], [*ROW[:12], 0.5, 1]), 400, "feature 'channel' (column 12) at row 0 is 0.5"),
     ],
 )
@@ -203,18 +222,32 @@ def test_bad_v2_requests_get_4xx_naming_the_problem(client, body, status, messag
 def test_non_json_and_wrong_header_length(client) -> None:
     resp = client.post("/v2/models/fraud/infer", content=b"features=1,2,3")
     assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]
-    resp = client.post("/v2/models/fraud/infer", content=b"{}",
-                       headers={"Inference-Header-Content-Length": "500"})
+    resp = client.post(
+        "/v2/models/fraud/infer", content=b"{}", headers={"Inference-Header-Content-Length": "500"}
+    )
     assert resp.status_code == 400 and "only 2 bytes" in resp.json()["error"]
 
 
 def test_nan_in_binary_tensor_is_rejected(client) -> None:
     x = np.array([ROW], dtype="<f4")
     x[0, 4] = np.nan
-    head = json.dumps({"inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
-    resp = client.post("/v2/models/fraud/infer", content=head + x.tobytes(),
-                       headers={"Inference-Header-Content-Length": str(len(head))})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": [1, 14],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    resp = client.post(
+        "/v2/models/fraud/infer",
+        content=head + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
     assert resp.status_code == 400
     assert "NaN or infinity at row 0, column 4" in resp.json()["error"]
 
@@ -236,7 +269,9 @@ def test_bad_predict_requests_get_4xx(client, body, message) -> None:
 
 
 def test_predict_rejects_non_json(client) -> None:
-    resp = client.post("/predict", content=b"not json", headers={"content-type": "application/json"})
+    resp = client.post(
+        "/predict", content=b"not json", headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 400 and "Invalid JSON" in resp.text
 
 
@@ -257,7 +292,9 @@ def test_oversized_bodies_get_413_without_being_read(client, path: str) -> None:
 def test_bad_input_is_counted_and_the_server_keeps_serving(client, rows) -> None:
     client.post("/v2/models/fraud/infer", json={"inputs": []})
     metrics = client.get("/metrics").text
-    assert re.search(r'turnout_model_inference_errors_total\{[^}]*reason="bad_input"[^}]*\} [1-9]', metrics)
+    assert re.search(
+        r'turnout_model_inference_errors_total\{[^}]*reason="bad_input"[^}]*\} [1-9]', metrics
+    )
     assert client.post("/v2/models/fraud/infer", json=infer_body(rows[:1])).status_code == 200
 
 
@@ -289,15 +326,22 @@ def _wait_for(client, predicate, timeout: float = 15.0) -> str:
 def test_psi_stays_low_in_distribution_and_rises_under_drift(client) -> None:
     # The window holds 1000 rows; each phase fills it completely.
     _send(client, features_matrix(generate(1000, seed=31)))
-    text = _wait_for(client, lambda t: (_gauge(t, "turnout_model_drift_window_rows") or 0) >= 1000
-                     and (_gauge(t, "turnout_model_feature_psi", feature="amount") or 1) < 0.1)
+    text = _wait_for(
+        client,
+        lambda t: (
+            (_gauge(t, "turnout_model_drift_window_rows") or 0) >= 1000
+            and (_gauge(t, "turnout_model_feature_psi", feature="amount") or 1) < 0.1
+        ),
+    )
     assert _gauge(text, "turnout_model_feature_psi", feature="amount") < 0.1
     assert _gauge(text, "turnout_model_feature_psi", feature="channel") < 0.1
     assert _gauge(text, "turnout_model_prediction_psi") < 0.1
 
     drifted = generate(1000, seed=32, day=30, drift=Drift(covariate=1.0, mode="sudden"))
     _send(client, features_matrix(drifted))
-    text = _wait_for(client, lambda t: (_gauge(t, "turnout_model_feature_psi", feature="amount") or 0) > 0.25)
+    text = _wait_for(
+        client, lambda t: (_gauge(t, "turnout_model_feature_psi", feature="amount") or 0) > 0.25
+    )
     assert _gauge(text, "turnout_model_feature_psi", feature="amount") > 0.25
     assert _gauge(text, "turnout_model_prediction_psi") > 0.1
     # Unshifted features stay quiet: the gauge points at what moved.

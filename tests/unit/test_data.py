@@ -41,7 +41,9 @@ def test_covariate_shift_moves_inputs_gradually_or_suddenly() -> None:
     halfway = _amount_psi(base, generate(20_000, seed=2, day=20, drift=gradual))
     full = _amount_psi(base, generate(20_000, seed=2, day=40, drift=gradual))
     assert before < psi.PSI_WARN < halfway < full
-    assert _amount_psi(base, generate(20_000, seed=2, day=10, drift=sudden)) == pytest.approx(full, rel=0.3)
+    assert _amount_psi(base, generate(20_000, seed=2, day=10, drift=sudden)) == pytest.approx(
+        full, rel=0.3
+    )
 
 
 def test_concept_drift_changes_labels_not_inputs() -> None:
@@ -88,7 +90,9 @@ def test_loader_errors_name_the_file_and_the_column(tmp_path) -> None:
     bad = df.astype({"amount": object})
     bad.loc[3, "amount"] = "twelve"
     bad.to_csv(wrong, index=False)
-    with pytest.raises(DataError, match=r"wrong\.csv: column 'amount' must be numeric; row 3 has 'twelve'"):
+    with pytest.raises(
+        DataError, match=r"wrong\.csv: column 'amount' must be numeric; row 3 has 'twelve'"
+    ):
         load_table(wrong)
 
     unknown = tmp_path / "unknown.csv"
@@ -108,7 +112,7 @@ def test_loader_errors_name_the_file_and_the_column(tmp_path) -> None:
     with pytest.raises(DataError, match=r"header\.csv: file has no rows"):
         load_table(header_only)
 
-    with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
+    with pytest.raises(DataError, match=r"unsupported file type '\.xlsx'"):
         (tmp_path / "x.xlsx").write_text("x")
         load_table(tmp_path / "x.xlsx")
     with pytest.raises(DataError, match="file not found"):

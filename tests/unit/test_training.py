@@ -50,8 +50,17 @@ def test_stored_version_loads_without_pickle_and_predicts_the_same(trained) -> N
 def test_metadata_carries_what_later_stages_need(trained) -> None:
     _, tag = trained
     meta = store.load(tag).metadata
-    for key in ("metrics", "baseline_metrics", "data_fingerprint", "params", "seed",
-                "code_version", "feature_schema", "reference", "weights_sha256"):
+    for key in (
+        "metrics",
+        "baseline_metrics",
+        "data_fingerprint",
+        "params",
+        "seed",
+        "code_version",
+        "feature_schema",
+        "reference",
+        "weights_sha256",
+    ):
         assert key in meta, key
     assert set(meta["reference"]["features"]) == set(FRAUD_SCHEMA.names)
     assert sum(meta["reference"]["prediction"]["proportions"]) == pytest.approx(1.0)

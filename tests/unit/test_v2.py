@@ -23,7 +23,11 @@ def decode(doc: object, *, binary: bytes = b"", max_rows: int = 10) -> v2.InferR
 
 
 def tensor(data: object, shape: list[int], datatype: str = "FP32", **extra: object) -> dict:
-    return {"inputs": [{"name": "features", "shape": shape, "datatype": datatype, "data": data, **extra}]}
+    return {
+        "inputs": [
+            {"name": "features", "shape": shape, "datatype": datatype, "data": data, **extra}
+        ]
+    }
 
 
 def test_json_flat_and_nested_data_decode_to_the_same_rows() -> None:
@@ -104,10 +108,21 @@ def test_fp64_is_accepted_and_converted() -> None:
         (tensor([], [0, 3]), 400, "has no rows"),
         (tensor([1, 2, 3], "1x3"), 400, "'shape' must be a list"),
         (tensor([1, 2, 3] * 11, [11, 3]), 413, "11 rows is more than the limit of 10"),
-        ({"inputs": [{"name": "other", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
-         400, "unknown input 'other'"),
-        ({"inputs": [{"name": "features", "shape": [1, 3], "data": [1, 2, 3]}]}, 400, "'datatype' is missing"),
-        ({"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32"}]}, 400, "has no 'data'"),
+        (
+            {"inputs": [{"name": "other", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+            400,
+            "unknown input 'other'",
+        ),
+        (
+            {"inputs": [{"name": "features", "shape": [1, 3], "data": [1, 2, 3]}]},
+            400,
+            "'datatype' is missing",
+        ),
+        (
+            {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32"}]},
+            400,
+            "has no 'data'",
+        ),
         ({"id": 5, **tensor([1, 2, 3], [1, 3])}, 400, "'id' must be a string"),
     ],
 )
@@ -137,7 +152,9 @@ def test_nan_and_infinity_are_rejected_with_their_position() -> None:
 )
 def test_bad_binary_header_length(header: str, body: bytes, message: str) -> None:
     with pytest.raises(v2.ProtocolError, match=message):
-        v2.decode_infer(body, header_length=header, input_name="features", n_features=F, max_rows=10)
+        v2.decode_infer(
+            body, header_length=header, input_name="features", n_features=F, max_rows=10
+        )
 
 
 def test_binary_size_must_match_shape_and_payload() -> None:
@@ -155,5 +172,7 @@ def test_binary_size_must_match_shape_and_payload() -> None:
 
 def test_malformed_json_is_a_400_naming_json() -> None:
     with pytest.raises(v2.ProtocolError, match="not valid JSON") as err:
-        v2.decode_infer(b"{nope", header_length=None, input_name="features", n_features=F, max_rows=1)
+        v2.decode_infer(
+            b"{nope", header_length=None, input_name="features", n_features=F, max_rows=1
+        )
     assert err.value.status == 400
