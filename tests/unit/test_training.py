@@ -99,3 +99,8 @@ def test_cli_trains_lists_and_explains_mistakes(trained, tmp_path) -> None:
 
     out = _cli("train", "--drift", "wind=3", "--name", "clitest")
     assert out.returncode != 0 and "unknown drift option 'wind'" in out.stderr
+
+    out = _cli("serve", "fraud:nope")
+    assert out.returncode != 0 and "model fraud:nope not found" in out.stderr
+    out = _cli("serve", "fraud")
+    assert out.returncode != 0 and "name:version" in out.stderr
