@@ -126,9 +126,26 @@ def models(name: str | None, as_json: bool) -> None:
         )
 
 
+def _server_home(tag: str, port: int) -> Path:
+    """A BENTOML_HOME of the server's own, sharing the model store.
+
+    `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir at start-up, so two servers
+    (say stable and candidate) under one BENTOML_HOME would erase and then mix each other's
+    metrics. Each server gets its own home whose `models` links to the shared store.
+    """
+    store = use_local_model_store() / "models"
+    store.mkdir(parents=True, exist_ok=True)
+    home = settings().home / "run" / f"{tag.replace(':', '-')}-{port}"
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "models"
+    if not link.is_symlink():
+        link.symlink_to(store, target_is_directory=True)
+    return home
+
+
 def _serve_command(tag: str, *, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     # bentoml reads BENTOML_HOME before it imports the service, so pass it explicitly.
-    env = {**os.environ, "TURNOUT_MODEL": tag, "BENTOML_HOME": str(use_local_model_store())}
+    env = {**os.environ, "TURNOUT_MODEL": tag, "BENTOML_HOME": str(_server_home(tag, port))}
     env.setdefault("TURNOUT_HOME", str(settings().home))
     cmd = [
         sys.executable,

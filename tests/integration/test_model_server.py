@@ -349,3 +349,26 @@ def test_psi_stays_low_in_distribution_and_rises_under_drift(client) -> None:
         text, "turnout_model_feature_psi", feature="amount"
     )
     assert "turnout_model_prediction_score_bucket" in text
+
+
+# --- several versions side by side ---------------------------------------------------------
+
+
+def test_two_versions_served_from_one_store_keep_their_own_metrics(client, fraud_data) -> None:
+    """Stable and candidate run side by side; neither may erase or mix the other's metrics."""
+    from training.train import TrainParams, train
+
+    tag = store.save(train(fraud_data, seed=5, params=TrainParams(max_epochs=2)), name="fraud")
+    version = tag.split(":")[1]
+    with model_server(tag) as other, httpx.Client(base_url=other, timeout=10) as c2:
+        x = features_matrix(generate(5, seed=1))
+        assert (
+            c2.post("/v2/models/fraud/infer", json=infer_body(x)).headers["x-turnout-model-version"]
+            == version
+        )
+        assert client.post("/v2/models/fraud/infer", json=infer_body(x)).status_code == 200
+        mine = _wait_for(c2, lambda t: f'version="{version}"' in t)
+        theirs = client.get("/metrics").text
+    assert f'turnout_model_prediction_score_count{{model="fraud",version="{version}"}}' in mine
+    assert 'version="v1"' not in mine
+    assert f'version="{version}"' not in theirs and 'version="v1"' in theirs
