@@ -36,7 +36,9 @@ unit: $(STAMP)
 
 test: lint typecheck contracts unit
 
+# wrk is the throughput client (a Debian package); bench/aioclient.py cross-checks latency.
 bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(PY) bench/model_server.py
 
 clean:

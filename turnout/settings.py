@@ -73,6 +73,9 @@ class Settings:
     workers: int
     #: One access-log line per request from the model server. TURNOUT_ACCESS_LOG=on|off
     access_log: bool
+    #: Record an OpenTelemetry span for each inference request. TURNOUT_TRACE_INFERENCE
+    #: (default off: costs ~40 % of a single-row request; health and metadata are traced).
+    trace_inference: bool
     #: Rows in the sliding window the drift gauges compare against the training reference.
     #: TURNOUT_DRIFT_WINDOW
     drift_window: int
@@ -99,6 +102,7 @@ def settings() -> Settings:
         inline_rows=_int("TURNOUT_INLINE_ROWS", 64),
         workers=_int("TURNOUT_WORKERS", 1),
         access_log=_flag("TURNOUT_ACCESS_LOG", False),
+        trace_inference=_flag("TURNOUT_TRACE_INFERENCE", False),
     )
 
 

@@ -32,13 +32,14 @@ if "--help" in sys.argv:  # kserve parses sys.argv at import time
     print(__doc__)
     raise SystemExit(0)
 
-import numpy as np
-import torch
-
 import kserve
 import kserve.protocol.rest.server as kserve_rest
+import numpy as np
+import torch
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
+from kserve.utils.utils import generate_uuid
+
 from training import store
 from training.model import predict_proba
 
@@ -79,7 +80,7 @@ class FraudModel(kserve.Model):
         out = InferOutput(name=OUTPUT, shape=[int(scores.shape[0])], datatype="FP32")
         out.set_data_from_numpy(scores, binary_data=False)
         return InferResponse(
-            response_id=payload.id,
+            response_id=payload.id or generate_uuid(),  # the v2 response needs an id
             model_name=self.name,
             infer_outputs=[out],
             use_binary_outputs=payload.use_binary_outputs,

@@ -178,7 +178,7 @@ async def run_client(
         "max_ms": round(latencies[-1] / 1e6, 3) if latencies else None,
         "over_100ms": len(stalls),
         # start offset (s) and latency (ms) of the first slow requests: periodic stalls show here
-        "over_100ms_sample": [[round(a / 1e9, 3), round(b / 1e6, 1)] for a, b in stalls[:200]],
+        "over_100ms_sample": [[round(a / 1e9, 3), round(b / 1e6, 1)] for a, b in stalls[:5000]],
         "client_cpu_s": round(cpu_s, 3),
         "client_cpu_util": round(cpu_s / span_s, 3),
     }
@@ -247,9 +247,7 @@ def main() -> None:
     with open(args.body_file, "rb") as f:
         body = f.read()
     result = asyncio.run(
-        run_client(
-            args.url, body, args.connections, args.duration, args.warmup, args.content_type
-        )
+        run_client(args.url, body, args.connections, args.duration, args.warmup, args.content_type)
     )
     result["loop"] = "uvloop" if uvloop is not None else "asyncio"
     result["pid"] = os.getpid()
