@@ -21,12 +21,12 @@ Sections:
              ours_inline0, bentoml_batchable; mean batch size from each server's histogram
 
 Clients: wrk (-t1, Lua POST body) gives throughput; bench/support/aioclient.py (raw asyncio
-protocol on uvloop, keep-alive, perf_counter_ns per request) gives latency percentiles; both are reported for
-every run as a cross-check, and both are first run against a trivial server to show their own
-ceiling. wrk's latency histogram is corrected for coordinated omission (wrk's stats_correct adds
-synthetic samples after every long response), so one rare GC pause inflates its p99 at one
-connection; the lean client's percentiles are the raw per-request latencies. Contenders run
-interleaved, the order reversed every round, so machine noise hits all of them.
+protocol on uvloop, keep-alive, perf_counter_ns per request) gives latency percentiles; both are
+reported for every run as a cross-check, and both are first run against a trivial server to show
+their own ceiling. wrk's latency histogram is corrected for coordinated omission (wrk's
+stats_correct adds synthetic samples after every long response), so one rare GC pause inflates
+its p99 at one connection; the lean client's percentiles are the raw per-request latencies.
+Contenders run interleaved, the order reversed every round, so machine noise hits all of them.
 
 Every server gets its own BENTOML_HOME whose `models` is a symlink to the one store trained
 here: `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir at start-up, so servers
