@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,3 +34,30 @@ def test_window_psi_equals_psi_of_the_last_rows(size: int, chunks: list[int], se
     assert window.rows == len(recent)
     expected = [drift.psi_of_values(ref, recent[:, j]) for j, ref in enumerate(REFS)]
     np.testing.assert_allclose(window.psi(), expected, atol=1e-12)
+
+
+def test_observe_many_equals_observing_one_by_one() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from services.model.monitor import SCORE_BUCKETS, observe_many
+
+    values = np.random.default_rng(0).random(500) ** 3
+    values[:3] = [0.0, 1.0, SCORE_BUCKETS[2]]  # edges: le is inclusive
+    registries = []
+    for bulk in (True, False):
+        registry = CollectorRegistry()
+        hist = Histogram("score", "s", buckets=SCORE_BUCKETS, registry=registry)
+        if bulk:
+            observe_many(hist, values)
+        else:
+            for v in values:
+                hist.observe(float(v))
+        registries.append(registry)
+    bulk_reg, loop_reg = registries
+    for le in [*SCORE_BUCKETS, float("inf")]:
+        labels = {"le": str(float(le)) if le != float("inf") else "+Inf"}
+        assert bulk_reg.get_sample_value("score_bucket", labels) == loop_reg.get_sample_value(
+            "score_bucket", labels
+        ), le
+    assert bulk_reg.get_sample_value("score_count") == 500
+    assert bulk_reg.get_sample_value("score_sum") == pytest.approx(values.sum())
