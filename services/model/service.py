@@ -270,14 +270,24 @@ class FraudModel:
     @bentoml.on_shutdown
     async def stop_monitor(self) -> None:
         await self.runtime.monitor.stop()
+        self.runtime.batcher.close()
 
     @bentoml.api(route="/predict")
     async def predict(self, features: list[list[float]], ctx: bentoml.Context) -> Any:
         """Fraud probability for each row of ``features`` (rows of numbers in schema order)."""
         rt = self.runtime
         ctx.response.headers[VERSION_HEADER] = rt.version
-        array = np.asarray(features, dtype=np.float32) if features else np.zeros((0, 0), np.float32)
         try:
+            try:
+                array = (
+                    np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+                    if features
+                    else np.zeros((0, rt.n_features), dtype=np.float32)
+                )
+            except ValueError:
+                raise v2.ProtocolError(
+                    400, f"{INPUT!r} must be a list of rows of equal length (numbers)"
+                ) from None
             checked = v2.check_features(array, INPUT, rt.n_features, SETTINGS.max_rows)
             rt.check(checked)
         except v2.ProtocolError as exc:

@@ -258,6 +258,8 @@ def test_nan_in_binary_tensor_is_rejected(client) -> None:
         ({"features": [ROW[:5]]}, "shape must be [N, 14], got [1, 5]"),
         ({"features": [[*ROW[:13], 7]]}, "feature 'card_present' (column 13) at row 0 is 7"),
         ({"rows": [ROW]}, "features"),
+        ({"features": [ROW, ROW[:3]]}, "list of rows of equal length"),
+        ({"features": []}, "has no rows"),
         ({"features": [["a"] * 14]}, "features"),
         ({"features": [ROW] * 600}, "600 rows is more than the limit of 512"),
     ],
