@@ -183,6 +183,17 @@ def serve(tag: str, host: str, port: int) -> None:
     os.execve(cmd[0], cmd, env)
 
 
+@main.command()
+@click.option("--routes", required=True, type=click.Path(dir_okay=False), help="route table file")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def route(routes: str, host: str, port: int) -> None:
+    """Run the router: one stable endpoint per model in front of its versions."""
+    cmd = [sys.executable, "-m", "services.router", "--routes", routes, "--host", host]
+    cmd += ["--port", str(port)]
+    os.execv(cmd[0], cmd)
+
+
 def wait_ready(url: str, *, timeout: float, process: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -76,6 +76,12 @@ class Settings:
     #: Record an OpenTelemetry span for each inference request. TURNOUT_TRACE_INFERENCE
     #: (default off: costs ~40 % of a single-row request; health and metadata are traced).
     trace_inference: bool
+    #: Mirrored requests in flight at once; more are dropped (and counted), never queued.
+    #: TURNOUT_SHADOW_MAX_INFLIGHT
+    shadow_max_inflight: int
+    #: Put request payloads in the router's access log (off: they may hold personal data).
+    #: TURNOUT_LOG_PAYLOADS
+    log_payloads: bool
     #: Rows in the sliding window the drift gauges compare against the training reference.
     #: TURNOUT_DRIFT_WINDOW
     drift_window: int
@@ -103,6 +109,8 @@ def settings() -> Settings:
         workers=_int("TURNOUT_WORKERS", 1),
         access_log=_flag("TURNOUT_ACCESS_LOG", False),
         trace_inference=_flag("TURNOUT_TRACE_INFERENCE", False),
+        shadow_max_inflight=_int("TURNOUT_SHADOW_MAX_INFLIGHT", 64),
+        log_payloads=_flag("TURNOUT_LOG_PAYLOADS", False),
     )
 
 

@@ -235,5 +235,27 @@ def encode_infer(
     }
 
 
+def decode_output(body: bytes, *, header_length: str | None) -> npt.NDArray[np.float32]:
+    """The first output tensor of an infer response (JSON or binary) as float32, flattened."""
+    json_part, binary_part = _split_body(body, header_length)
+    try:
+        doc = orjson.loads(json_part)
+        tensor = doc["outputs"][0]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        raise ProtocolError(502, "response has no outputs") from None
+    array, _ = _decode_tensor(tensor, binary_part, 0, label="output")
+    return np.asarray(array, dtype=np.float32).ravel()
+
+
+def rows_of(body: bytes, *, header_length: str | None) -> int | None:
+    """Rows in the first input of an infer request (for answers made without a model)."""
+    try:
+        json_part, _ = _split_body(body, header_length)
+        shape = orjson.loads(json_part)["inputs"][0]["shape"]
+        return int(shape[0])
+    except (ProtocolError, orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
 def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})

@@ -17,31 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.prom import observe_many
 from turnout import drift
 
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-def observe_many(histogram: Any, values: npt.NDArray[np.float64]) -> None:
-    """Histogram.observe for many values at once: one increment per bucket, not per value.
-
-    A per-value loop over a multiprocess-mode histogram costs microseconds a value and runs on
-    the event loop; at a few thousand predictions a second that was milliseconds of stall.
-    Uses prometheus_client's per-bucket counters when present, else plain observe().
-    """
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for v in values:
-            histogram.observe(float(v))
-        return
-    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
-    for i, count in enumerate(np.bincount(index, minlength=len(bounds))):
-        if count:
-            buckets[i].inc(int(count))
-    total.inc(float(values.sum()))
 
 
 class SlidingWindow:

@@ -1,0 +1,84 @@
+"""Route table from a YAML or JSON file, re-read within a second of a change.
+
+A file that does not parse or validate is rejected with a logged reason; the last good table
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from turnout.spec import RouteTable, SpecError, parse_route_table
+
+log = logging.getLogger("turnout.router")
+
+
+def load(path: Path) -> RouteTable:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML/JSON: {exc}") from None
+    try:
+        return parse_route_table(doc)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+class FileRouteSource:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        on_table: Callable[[RouteTable], None],
+        on_error: Callable[[str], None],
+        interval: float = 0.2,
+    ) -> None:
+        self.path = path
+        self._on_table = on_table
+        self._on_error = on_error
+        self._interval = interval
+        self._seen: object = object()  # nothing seen yet
+        self._task: asyncio.Task[None] | None = None
+
+    def poll(self) -> None:
+        """Load the file if it changed since the last look (mtime, size or inode)."""
+        stamp: tuple[int, int, int] | None
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp == self._seen:
+            return
+        self._seen = stamp
+        try:
+            table = load(self.path)
+        except SpecError as exc:
+            log.error("route table rejected, keeping the previous one: %s", exc)
+            self._on_error(str(exc))
+            return
+        self._on_table(table)
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self._interval)
+                self.poll()
+
+        self._task = asyncio.get_running_loop().create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
