@@ -51,11 +51,14 @@ class FileRouteSource:
         self._task: asyncio.Task[None] | None = None
 
     def poll(self) -> None:
-        """Load the file if it changed since the last look (mtime, size or inode)."""
-        stamp: tuple[int, int, int] | None
+        """Load the file if its content changed since the last look.
+
+        Content, not mtime: two writes within one filesystem timestamp tick look unchanged by
+        mtime and size. A route file is small, so reading it five times a second is cheap.
+        """
+        stamp: bytes | None
         try:
-            st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            stamp = self.path.read_bytes()
         except OSError:
             stamp = None
         if stamp == self._seen:
