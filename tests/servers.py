@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -37,14 +38,90 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 90) 
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def kill_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal a server and every process under it (bentoml's workers start their own sessions,
+    so a process-group signal would miss them)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(sig)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    kill_tree(proc, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+@contextmanager
+def process(args: list[str], ready_url: str, log_name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Any server process, in its own process group, stopped on exit."""
+    log = open(Path(os.environ["TURNOUT_HOME"]) / log_name, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        args,
+        env=dict(os.environ),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(ready_url, proc)
+        yield proc
+    finally:
+        stop(proc)
+        log.close()
+
+
+def router(routes: Path) -> tuple[str, contextmanager]:  # type: ignore[type-arg]
+    """`turnout route` on a free port: (base URL, context manager running it)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [
+        sys.executable,
+        "-m",
+        "turnout.cli",
+        "route",
+        "--routes",
+        str(routes),
+        "--port",
+        str(port),
+    ]
+    return base, process(args, f"{base}/v2/health/ready", f"router-{port}.log")
+
+
+def fake_upstream(*, delay: float = 0.0, score: float = 0.5, version: str = "fake"):  # type: ignore[no-untyped-def]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [
+        sys.executable,
+        "-m",
+        "tests.fake_upstream",
+        "--port",
+        str(port),
+        "--delay",
+        str(delay),
+        "--score",
+        str(score),
+        "--version",
+        version,
+    ]
+    return base, process(args, f"{base}/readyz", f"fake-{port}.log")
 
 
 @contextmanager
@@ -67,3 +144,11 @@ def model_server(tag: str, *, env: Mapping[str, str] | None = None) -> Iterator[
     finally:
         stop(proc)
         log.close()
+
+
+def served(tag: str):  # type: ignore[no-untyped-def]
+    """`turnout serve TAG` on a free port: (base URL, context manager yielding the process)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "turnout.cli", "serve", tag, "--port", str(port)]
+    return base, process(args, f"{base}/readyz", f"serve-{port}.log")
