@@ -218,9 +218,10 @@ def _example_row() -> list[float]:
 
 @main.command()
 @click.option("--name", default=DEFAULT_MODEL, show_default=True)
-@click.option("--port", default=3000, show_default=True)
-def up(name: str, port: int) -> None:
-    """Run the local platform: train the demo model if missing, serve it, print how to call it."""
+@click.option("--port", default=8080, show_default=True, help="the stable endpoint (router)")
+@click.option("--model-port", default=3000, show_default=True, help="the model server behind it")
+def up(name: str, port: int, model_port: int) -> None:
+    """Run the local platform: train the demo model if missing, serve it behind the router."""
     from training import store
 
     versions = store.list_versions(name)
@@ -234,44 +235,50 @@ def up(name: str, port: int) -> None:
 
         tag = store.save(fit(generate(60_000, seed=0), seed=0), name=name, version="v1")
         click.echo(f"trained {tag}")
-    cmd, env = _serve_command(tag, host="127.0.0.1", port=port)
-    # SIGTERM (e.g. from a supervisor) must stop the server too: turn it into SystemExit so
+    model, _, version = tag.partition(":")
+    model_url = f"http://127.0.0.1:{model_port}"
+    routes = settings().home / "routes.yaml"
+    routes.write_text(
+        f"# Written by `turnout up`; edit it and the router reloads within a second.\n"
+        f"models:\n  {model}:\n    stable: {{version: {version}, url: '{model_url}'}}\n"
+    )
+    serve_cmd, serve_env = _serve_command(tag, host="127.0.0.1", port=model_port)
+    route_cmd = [sys.executable, "-m", "services.router", "--routes", str(routes)]
+    route_cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    # SIGTERM (e.g. from a supervisor) must stop the servers too: turn it into SystemExit so
     # the cleanup below runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    proc = subprocess.Popen(cmd, env=env)
+    procs = [subprocess.Popen(serve_cmd, env=serve_env)]
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{base}/v2/health/ready", timeout=120, process=proc)
-        model = tag.partition(":")[0]
+        wait_ready(f"{model_url}/v2/health/ready", timeout=120, process=procs[0])
+        procs.append(subprocess.Popen(route_cmd))
+        wait_ready(f"{base}/v2/health/ready", timeout=60, process=procs[1])
         body = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "features",
-                        "shape": [1, 14],
-                        "datatype": "FP32",
-                        "data": _example_row(),
-                    }
-                ]
-            }
-        )
+            {"inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32",
+                         "data": _example_row()}]}
+        )  # fmt: skip
         click.echo(
-            f"\nturnout is serving {tag} at {base}\n\n"
-            f"  curl -s {base}/v2/models/{model}/infer -H 'content-type: application/json' \\\n"
-            f"    -d '{body}'\n\n"
-            f"  model metadata: {base}/v2/models/{model}    metrics: {base}/metrics\n"
+            f"\nturnout is serving {tag} at {base} (router -> model server {model_url})\n\n"
+            f"  curl -si {base}/v2/models/{model}/infer -H 'content-type: application/json' \\\n"
+            f"    -H 'x-user-id: alice' -d '{body}'\n\n"
+            f"  routes: {base}/routes (file {routes})   metrics: {base}/metrics, "
+            f"{model_url}/metrics\n"
             "Ctrl-C stops it."
         )
-        proc.wait()
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
             try:
-                proc.wait(timeout=20)
+                p.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                p.kill()
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def run(routes: Path, *, host: str, port: int) -> None:
         lifespan="on",
         log_level="warning",
         timeout_graceful_shutdown=30,
+        server_header=False,
     )
 
 
