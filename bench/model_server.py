@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -48,248 +47,31 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-SUPPORT = BENCH / "support"
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-PY = str(VENV_PY if VENV_PY.exists() else Path(sys.executable))
+from support.harness import (
+    PY,
+    ROOT,
+    SUPPORT,
+    Processes,
+    Server,
+    free_port,
+    http,
+    log,
+    median,
+    ratio,
+    run_aio,
+    run_wrk,
+    tree_cpu_seconds,
+    wait_ready,
+)
+
 MODEL_TAG = "fraud:v1"
 N_FEATURES = 14
 
-
-def log(msg: str) -> None:
-    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    port: int
-    ready_path: str
-    log_path: Path
-    metrics_sum: str | None = None  # histogram name whose _sum/_count give the mean batch size
-    proc: subprocess.Popen[bytes] | None = None
-    ready_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def proc_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, starttime, utime+stime in ticks) for every process, from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode()
-        except OSError:
-            continue
-        # after "(comm) ": state ppid pgrp session ... utime(14) stime(15) ... starttime(22)
-        fields = stat[stat.rfind(")") + 2 :].split()
-        table[int(entry)] = (int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]))
-    return table
-
-
-def tree(root: int, table: dict[int, tuple[int, int, int]]) -> list[int]:
-    """root and all its live descendants (bentoml's workers run in sessions of their own, so
-    process groups do not cover them; the parent links do)."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            out.append(pid)
-            todo.extend(children.get(pid, []))
-    return out
-
-
-def tree_cpu_seconds(root: int) -> float:
-    table = proc_table()
-    return sum(table[p][2] for p in tree(root, table)) / os.sysconf("SC_CLK_TCK")
-
-
-class Processes:
-    """Every subprocess starts in a session of its own; stop_all() ends each one's whole tree:
-    SIGTERM to its process group (bentoml's arbiter then stops its workers), then SIGKILL to
-    any process of the tree still alive (matched by pid and start time, so never a stranger)."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.known: dict[int, int] = {}  # pid -> start time of every descendant seen
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> Any:
-        out = open(log_path, "wb")  # noqa: SIM115 - the child holds its own copy
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        out.close()
-        self.procs.append((name, proc))
-        return proc
-
-    def remember(self) -> None:
-        """Record the current descendants (call once servers are up)."""
-        table = proc_table()
-        for _, proc in self.procs:
-            for pid in tree(proc.pid, table):
-                self.known[pid] = table[pid][1]
-
-    def stop_all(self) -> None:
-        self.remember()
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"{name} did not stop on SIGTERM within 15s; killing it")
-        time.sleep(0.2)
-        table = proc_table()
-        for pid, started in self.known.items():
-            if pid in table and table[pid][1] == started:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        for _, proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        self.procs.clear()
-        self.known.clear()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(
-    method: str, url: str, body: bytes | None = None, timeout: float = 5.0
-) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def wait_ready(servers: list[Server], timeout: float = 180.0) -> None:
-    t0 = time.monotonic()
-    pending = list(servers)
-    while pending:
-        for s in list(pending):
-            assert s.proc is not None
-            if s.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{s.name} exited with {s.proc.returncode} before it was ready:\n"
-                    f"{tail(s.log_path)}"
-                )
-            with contextlib.suppress(OSError):
-                status, _ = http("GET", s.base + s.ready_path, timeout=1.0)
-                if status == 200:
-                    s.ready_s = round(time.monotonic() - t0, 1)
-                    log(f"{s.name} ready on :{s.port} after {s.ready_s}s")
-                    pending.remove(s)
-        if time.monotonic() - t0 > timeout:
-            names = ", ".join(s.name for s in pending)
-            raise RuntimeError(f"not ready after {timeout}s: {names}\n{tail(pending[0].log_path)}")
-        time.sleep(0.25)
-
-
-# --- clients --------------------------------------------------------------------------------
-
-
-def children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def run_wrk(url: str, body_file: Path, connections: int, duration: float) -> dict[str, Any]:
-    env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
-    cmd = [
-        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-        "-s", str(SUPPORT / "wrk_post.lua"), url,
-    ]  # fmt: skip
-    cpu0 = children_cpu()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
-    cpu = children_cpu() - cpu0
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout}\n{out.stderr}")
-    d = json.loads(line[len("WRK_JSON ") :])
-    secs = d["duration_us"] / 1e6
-    errors = sum(d[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_timeout"))
-    return {
-        "client": "wrk",
-        "connections": connections,
-        "duration_s": round(secs, 3),
-        "requests": d["requests"],
-        "rps": round(d["requests"] / secs, 1),
-        "non_2xx": d["errors_status"],
-        "errors": errors,
-        "mean_ms": round(d["mean_us"] / 1000, 3),
-        "p50_ms": round(d["p50_us"] / 1000, 3),
-        "p90_ms": round(d["p90_us"] / 1000, 3),
-        "p99_ms": round(d["p99_us"] / 1000, 3),
-        "max_ms": round(d["max_us"] / 1000, 3),
-        "client_cpu_util": round(cpu / secs, 3),
-    }
-
-
-def run_aio(
-    url: str, body_file: Path, connections: int, duration: float, warmup: float
-) -> dict[str, Any]:
-    cmd = [
-        PY, str(SUPPORT / "aioclient.py"), "client", "--url", url, "--body-file", str(body_file),
-        "--connections", str(connections), "--duration", str(duration), "--warmup", str(warmup),
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
-    if out.returncode != 0:
-        raise RuntimeError(f"aioclient failed ({out.returncode}): {out.stderr[-2000:]}")
-    d: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    sample = d.pop("over_100ms_sample", [])
-    # Slow requests whose [start, end] overlap are one stall: [start s, longest latency ms].
-    stalls: list[list[float]] = []
-    end = -1.0
-    for start, ms in sorted(sample):
-        if start > end:
-            stalls.append([start, ms])
-        else:
-            stalls[-1][1] = max(stalls[-1][1], ms)
-        end = max(end, start + ms / 1000)
-    d["stalls_over_100ms"] = stalls
-    for k in ("url", "pid", "loop", "error_sample", "client_cpu_s"):
-        d.pop(k, None)
-    return d
+# --- metrics --------------------------------------------------------------------------------
 
 
 def scrape_hist(server: Server) -> tuple[float, float] | None:
@@ -366,10 +148,6 @@ class Bench:
         return res
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median over rounds: rps from wrk, latency percentiles from the lean client."""
     wrk = [r["wrk"] for r in runs]
@@ -405,12 +183,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "stalls_over_100ms": sum(len(r["stalls_over_100ms"]) for r in aio),
         "stall_sample": [st for r in aio for st in r["stalls_over_100ms"]][:8],
     }
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if not a or not b:
-        return None
-    return round(a / b, 3)
 
 
 # --- setup ----------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ def run(routes: Path, *, host: str, port: int) -> None:
         log_level="warning",
         timeout_graceful_shutdown=30,
         server_header=False,
+        proxy_headers=False,  # the router is the edge: no X-Forwarded-* rewriting per request
     )
 
 
