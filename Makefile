@@ -36,10 +36,12 @@ unit: $(STAMP)
 
 test: lint typecheck contracts unit
 
-# wrk is the throughput client (a Debian package); bench/aioclient.py cross-checks latency.
+# wrk is the throughput client (a Debian package); bench/support/aioclient.py cross-checks latency.
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(PY) bench/model_server.py
+	$(PY) bench/router_overhead.py
+	$(PY) bench/shadow_impact.py
 
 clean:
 	rm -rf $(VENV) .turnout .mypy_cache .ruff_cache .pytest_cache
