@@ -197,16 +197,20 @@ class Router:
         if route is None:
             await self._unknown_model(send, name)
             return
-        pinned: str | None = None
+        pin: tuple[Arm, Upstream] | None = None
         if rest[:1] == ["versions"] and len(rest) >= 2:
-            pinned, rest = rest[1], rest[2:]
+            pin = self._pinned(route, rest[1])
+            if pin is None:
+                await self._error(send, 404, f"version {rest[1]!r} of model {name!r} is not routed")
+                return
+            rest = rest[2:]
         action = rest[0] if rest else ""
         if method == "POST" and action == "infer" and len(rest) == 1:
-            await self._infer(scope, receive, send, name, route, pinned, "infer")
-        elif method == "POST" and action == "feedback" and len(rest) == 1 and pinned is None:
+            await self._infer(scope, receive, send, name, route, pin, "infer")
+        elif method == "POST" and action == "feedback" and len(rest) == 1 and pin is None:
             await self._feedback(receive, send, name, route)
         elif method == "GET" and (not rest or rest == ["ready"]):
-            await self._metadata(scope, send, name, route, pinned, action)
+            await self._metadata(send, name, route, pin, action)
         else:
             await self._error(send, 404, f"no route for {method} {scope['path']}")
 
@@ -219,20 +223,13 @@ class Router:
 
     async def _metadata(
         self,
-        scope: Scope,
         send: Send,
         name: str,
         route: ModelRoute,
-        pinned: str | None,
+        pin: tuple[Arm, Upstream] | None,
         action: str,
     ) -> None:
-        arm, target = Arm.STABLE, route.stable
-        if pinned is not None:
-            found = self._pinned(route, pinned)
-            if found is None:
-                await self._error(send, 404, f"version {pinned!r} of model {name!r} is not routed")
-                return
-            arm, target = found
+        arm, target = pin or (Arm.STABLE, route.stable)
         url = f"{target.url}/v2/models/{name}/versions/{target.version}"
         reply = await self._call(
             target, url, "GET", b"", {}, route.timeout_ms, ready=action == "ready"
@@ -267,7 +264,7 @@ class Router:
         send: Send,
         name: str,
         route: ModelRoute,
-        pinned: str | None,
+        pin: tuple[Arm, Upstream] | None,
         kind: str,
     ) -> None:
         started = time.perf_counter()
@@ -275,12 +272,8 @@ class Router:
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in FORWARDED}
         headers["x-request-id"] = request_id
-        if pinned is not None:
-            found = self._pinned(route, pinned)
-            if found is None:
-                await self._error(send, 404, f"version {pinned!r} of model {name!r} is not routed")
-                return
-            arm, target = found
+        if pin is not None:
+            arm, target = pin
         else:
             key = _header(scope, route.sticky_header.encode())
             weight = route.candidate.weight if route.candidate is not None else 0.0
@@ -289,7 +282,7 @@ class Router:
 
         reply = await self._forward(target, name, kind, body, headers, route.timeout_ms)
         retried = False
-        if not reply.ok and arm is Arm.CANDIDATE and route.retry_on_stable and pinned is None:
+        if not reply.ok and arm is Arm.CANDIDATE and route.retry_on_stable and pin is None:
             self.metrics.retries.labels(name, reply.reason).inc()
             retried, arm, target = True, Arm.STABLE, route.stable
             reply = await self._forward(target, name, kind, body, headers, route.timeout_ms)
@@ -305,7 +298,7 @@ class Router:
         status, payload = reply.status, reply.body
         if not reply.ok:
             status, payload, out = self._fallback(name, route, kind, body, headers, out, reply)
-        elif route.shadow is not None and reply.status == 200 and pinned is None:
+        elif route.shadow is not None and reply.status == 200 and pin is None:
             self._mirror(name, route, kind, body, headers, reply)
         await _respond(send, status, payload, out)
 

@@ -119,6 +119,18 @@ def test_replies_name_variant_version_and_request_id(front, versions) -> None:
     assert len(infer(front).headers["x-request-id"]) == 32  # generated when absent
     meta = front.get("/v2/models/fraud")
     assert meta.status_code == 200 and meta.json()["inputs"][0]["name"] == "features"
+    # A version in the path pins the request to it, whatever the weight says.
+    pinned = front.post("/v2/models/fraud/versions/r2/infer", json=body(ROWS[:1]))
+    assert (
+        pinned.headers["x-turnout-variant"] == "candidate"
+        and pinned.json()["model_version"] == "r2"
+    )
+    assert front.get("/v2/models/fraud/versions/r2/ready").json()["ready"] is True
+    missing = front.get("/v2/models/fraud/versions/v9")
+    assert (
+        missing.status_code == 404
+        and "'v9' of model 'fraud' is not routed" in missing.json()["error"]
+    )
 
 
 def test_binary_tensors_pass_through_untouched(front, versions) -> None:
