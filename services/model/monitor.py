@@ -2,25 +2,26 @@
 recent rows against the training reference, and inference errors by reason.
 
 The request path only appends to a pending list; a background task folds pending rows into
-the window every ``interval`` seconds and refreshes the gauges, so monitoring never adds
+the window every ``FLUSH_INTERVAL_S`` seconds and refreshes the gauges, so monitoring never adds
 latency to a prediction. PSI itself comes from turnout.drift, the same code the validation
 gate and the retrain trigger use.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from services.periodic import Periodic
 from services.prom import observe_many
 from turnout import drift
 
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+#: How often pending rows are folded into the drift window and the gauges refreshed.
+FLUSH_INTERVAL_S = 0.5
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -81,7 +82,7 @@ class ModelMonitor:
         refs.append(drift.Reference.from_dict(reference["prediction"]))
         self.window = SlidingWindow(refs, window)
         self._pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic(self.flush, FLUSH_INTERVAL_S)
         labels = {"model": model, "version": version}
         self._score = metrics.Histogram(
             name="turnout_model_prediction_score",
@@ -144,17 +145,9 @@ class ModelMonitor:
         self._prediction_psi.set(values[-1])
         self._window_rows.set(self.window.rows)
 
-    def start(self, interval: float = 0.5) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                self.flush()
-
-        self._task = asyncio.get_running_loop().create_task(loop())
+    def start(self) -> None:
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._flusher.stop()
         self.flush()

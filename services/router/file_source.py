@@ -6,14 +6,13 @@ keeps serving.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from services.periodic import Periodic
 from turnout.spec import RouteTable, SpecError, parse_route_table
 
 log = logging.getLogger("turnout.router")
@@ -46,9 +45,8 @@ class FileRouteSource:
         self.path = path
         self._on_table = on_table
         self._on_error = on_error
-        self._interval = interval
         self._seen: object = object()  # nothing seen yet
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Periodic(self.poll, interval)
 
     def poll(self) -> None:
         """Load the file if its content changed since the last look.
@@ -73,15 +71,7 @@ class FileRouteSource:
         self._on_table(table)
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self._interval)
-                self.poll()
-
-        self._task = asyncio.get_running_loop().create_task(loop())
+        self._poller.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.stop()
