@@ -45,7 +45,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from support.harness import (
     median,
     ratio,
     run_aio,
+    run_in_tempdir,
     run_wrk,
     tree_cpu_seconds,
     wait_ready,
@@ -348,18 +348,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         log("wrk is not installed: apt-get install -y wrk (the Makefile bench target does this)")
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
-    procs = Processes()
-    try:
-        return run(args, tmp, procs, started)
-    finally:
-        procs.stop_all()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_tempdir("turnout-bench-", args, run)
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -> int:

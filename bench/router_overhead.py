@@ -38,10 +38,8 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +59,7 @@ from support.harness import (
     router_available,
     router_server,
     run_aio,
+    run_in_tempdir,
     run_openloop,
     run_wrk,
     start,
@@ -207,18 +206,7 @@ def main() -> int:
     if not router_available():
         log("`turnout route` is not available yet (turnout route --help failed)")
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-router-"))
-    procs = Processes()
-    try:
-        return run(args, tmp, procs, started)
-    finally:
-        procs.stop_all()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_tempdir("turnout-bench-router-", args, run)
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -> int:

@@ -538,3 +538,28 @@ def collapsed_summary(path: Path, top: int = 15) -> dict[str, Any]:
         "top_self_pct": ranked(self_n, top),
         "top_inclusive_pct": ranked(incl_n, top + 10),
     }
+
+
+def run_in_tempdir(
+    prefix: str,
+    args: Any,
+    run: Any,
+) -> int:
+    """Run ``run(args, tmp, procs, started)`` in a fresh temporary directory, then stop every
+    process it started and remove the directory (kept with ``args.keep``). SIGTERM stops it
+    cleanly too."""
+    import shutil
+    import tempfile
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Processes()
+    try:
+        return int(run(args, tmp, procs, started))
+    finally:
+        procs.stop_all()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
