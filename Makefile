@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TURNOUT_HOME ?= $(CURDIR)/.turnout
 
-.PHONY: up test venv lint typecheck contracts unit bench clean
+.PHONY: up test venv prometheus lint typecheck contracts unit bench clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-up: $(STAMP)
+# Prometheus (Debian package) reads the metrics the controller judges, in `make up` and the
+# integration tests; without it they fall back to scraping the router directly.
+prometheus:
+	command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
+
+up: $(STAMP) prometheus
 	$(VENV)/bin/turnout up
 
 lint: $(STAMP)
@@ -31,7 +36,7 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-unit: $(STAMP)
+unit: $(STAMP) prometheus
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck contracts unit

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -11,21 +10,32 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
+from turnout.deployments import DeploymentStore, NotFound
+from turnout.launch import serve_command
 from turnout.settings import settings, use_local_model_store
+from turnout.spec import (
+    ACTION_ANNOTATION,
+    API_VERSION,
+    KIND,
+    Action,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    Phase,
+    Reason,
+    SpecError,
+    VersionRef,
+    dump,
+    parse_deployment,
+)
 
 DEFAULT_MODEL = "fraud"
-
-
-def _project_root() -> Path:
-    spec = importlib.util.find_spec("services")
-    if spec is None or spec.origin is None:
-        raise click.ClickException("turnout's services package is not installed")
-    return Path(spec.origin).resolve().parent.parent
 
 
 @click.group()
@@ -126,43 +136,6 @@ def models(name: str | None, as_json: bool) -> None:
         )
 
 
-def _server_home(tag: str, port: int) -> Path:
-    """A BENTOML_HOME of the server's own, sharing the model store.
-
-    `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir at start-up, so two servers
-    (say stable and candidate) under one BENTOML_HOME would erase and then mix each other's
-    metrics. Each server gets its own home whose `models` links to the shared store.
-    """
-    store = use_local_model_store() / "models"
-    store.mkdir(parents=True, exist_ok=True)
-    home = settings().home / "run" / f"{tag.replace(':', '-')}-{port}"
-    home.mkdir(parents=True, exist_ok=True)
-    link = home / "models"
-    if not link.is_symlink():
-        link.symlink_to(store, target_is_directory=True)
-    return home
-
-
-def _serve_command(tag: str, *, host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    # bentoml reads BENTOML_HOME before it imports the service, so pass it explicitly.
-    env = {**os.environ, "TURNOUT_MODEL": tag, "BENTOML_HOME": str(_server_home(tag, port))}
-    env.setdefault("TURNOUT_HOME", str(settings().home))
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "services.model.service:FraudModel",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--working-dir",
-        str(_project_root()),
-    ]
-    return cmd, env
-
-
 def _check_model(tag: str) -> str:
     from training import store
 
@@ -179,7 +152,7 @@ def _check_model(tag: str) -> str:
 @click.option("--port", default=3000, show_default=True)
 def serve(tag: str, host: str, port: int) -> None:
     """Serve model version TAG (e.g. fraud:v1) with BentoML."""
-    cmd, env = _serve_command(_check_model(tag), host=host, port=port)
+    cmd, env = serve_command(_check_model(tag), host=host, port=port)
     os.execve(cmd[0], cmd, env)
 
 
@@ -242,7 +215,7 @@ def up(name: str, port: int, model_port: int) -> None:
         f"# Written by `turnout up`; edit it and the router reloads within a second.\n"
         f"models:\n  {model}:\n    stable: {{version: {version}, url: '{model_url}'}}\n"
     )
-    serve_cmd, serve_env = _serve_command(tag, host="127.0.0.1", port=model_port)
+    serve_cmd, serve_env = serve_command(tag, host="127.0.0.1", port=model_port)
     route_cmd = [sys.executable, "-m", "services.router", "--routes", str(routes)]
     route_cmd += ["--host", "127.0.0.1", "--port", str(port)]
     # SIGTERM (e.g. from a supervisor) must stop the servers too: turn it into SystemExit so
@@ -255,9 +228,17 @@ def up(name: str, port: int, model_port: int) -> None:
         procs.append(subprocess.Popen(route_cmd))
         wait_ready(f"{base}/v2/health/ready", timeout=60, process=procs[1])
         body = json.dumps(
-            {"inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32",
-                         "data": _example_row()}]}
-        )  # fmt: skip
+            {
+                "inputs": [
+                    {
+                        "name": "features",
+                        "shape": [1, 14],
+                        "datatype": "FP32",
+                        "data": _example_row(),
+                    }
+                ]
+            }
+        )
         click.echo(
             f"\nturnout is serving {tag} at {base} (router -> model server {model_url})\n\n"
             f"  curl -si {base}/v2/models/{model}/infer -H 'content-type: application/json' \\\n"
@@ -279,6 +260,444 @@ def up(name: str, port: int, model_port: int) -> None:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# --- ModelDeployments (the local controller acts on them) ------------------------------------
+
+
+def _store() -> DeploymentStore:
+    return DeploymentStore(settings().home)
+
+
+def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        nxt = doc.setdefault(key, {})
+        if not isinstance(nxt, dict):
+            raise click.UsageError(f"--set {dotted}: {key} is not an object")
+        doc = nxt
+    doc[keys[-1]] = value
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise click.UsageError(
+            f"--set {item!r}: expected field=value, e.g. analysis.maxErrorRate=0.05"
+        )
+    return key, yaml.safe_load(raw) if raw else ""
+
+
+def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--env {item!r}: expected NAME=value")
+        env[key] = value
+    return env
+
+
+@main.command()
+@click.argument("model")
+@click.option("--version", "version", required=True, help="the version to roll out, e.g. v2")
+@click.option(
+    "--strategy",
+    type=click.Choice(["canary", "shadow", "abtest"]),
+    default=None,
+    help="how to roll it out (default: the deployment's current strategy, else canary)",
+)
+@click.option("--steps", help="canary weights in percent, e.g. 5,25,50")
+@click.option("--interval", help="time per canary step or between A/B looks, e.g. 60s")
+@click.option("--max-failed-checks", type=int, help="failed analyses that roll back")
+@click.option("--duration", help="shadow: how long to mirror, e.g. 30m")
+@click.option(
+    "--then",
+    "then",
+    type=click.Choice(["Canary", "Promote", "Stop"]),
+    help="shadow: what follows a passing gate",
+)
+@click.option("--split", type=float, help="A/B: percent of keys on the candidate")
+@click.option("--min-samples", type=int, help="A/B: outcomes per arm before testing")
+@click.option("--max-samples", type=int, help="A/B: outcomes per arm before Inconclusive")
+@click.option("--mde", type=float, help="A/B: smallest difference in means worth detecting")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="any spec field by path, e.g. analysis.maxErrorRate=0.05 (repeatable)",
+)
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="environment for this version's model server (repeatable)",
+)
+@click.option("--image", help="container image of the version (used in a cluster)")
+@click.option("--name", help="ModelDeployment name (default: MODEL)")
+def deploy(
+    model: str,
+    version: str,
+    strategy: str | None,
+    steps: str | None,
+    interval: str | None,
+    max_failed_checks: int | None,
+    duration: str | None,
+    then: str | None,
+    split: float | None,
+    min_samples: int | None,
+    max_samples: int | None,
+    mde: float | None,
+    sets: tuple[str, ...],
+    env: tuple[str, ...],
+    image: str | None,
+    name: str | None,
+) -> None:
+    """Roll out VERSION of MODEL; the first deploy of a model makes VERSION its stable."""
+    from training import store as models
+
+    name = name or model
+    _check_model(f"{model}:{version}")
+    ds = _store()
+    ref: dict[str, Any] = {"version": version, "env": _parse_env(env)}
+    if image:
+        ref["image"] = image
+    try:
+        current = ds.load(name)
+        doc = dump(current)
+        doc.pop("status", None)
+        first = False
+    except NotFound:
+        doc = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name},
+            "spec": {"model": model, "stable": ref},
+        }
+        first = True
+    except SpecError as exc:
+        raise click.ClickException(f"fix the file first: {exc}") from None
+    spec = doc["spec"]
+    if spec["model"] != model:
+        raise click.ClickException(f"ModelDeployment {name} serves model {spec['model']!r}")
+    if not first:
+        if spec["stable"]["version"] == version:
+            raise click.ClickException(f"{model}:{version} is already stable in {name}")
+        spec["candidate"] = ref
+    strategy_doc = spec.setdefault("strategy", {})
+    if strategy is not None:
+        strategy_doc["type"] = {"canary": "Canary", "shadow": "Shadow", "abtest": "ABTest"}[
+            strategy
+        ]
+    kind = strategy_doc.get("type", "Canary")
+    options: dict[str, Any] = {
+        "canary.steps": [float(w) for w in steps.split(",")] if steps else None,
+        "canary.interval": interval if kind != "ABTest" else None,
+        "canary.maxFailedChecks": max_failed_checks,
+        "shadow.duration": duration,
+        "shadow.then": then,
+        "abTest.split": split,
+        "abTest.interval": interval if kind == "ABTest" else None,
+        "abTest.minSamplesPerArm": min_samples,
+        "abTest.maxSamplesPerArm": max_samples,
+        "abTest.minDetectableEffect": mde,
+    }
+    for path, value in options.items():
+        if value is not None:
+            _set_path(strategy_doc, path, value)
+    for item in sets:
+        key, value = _parse_set(item)
+        _set_path(spec, key, value)
+    try:
+        md = parse_deployment(doc)
+    except (SpecError, ValueError) as exc:
+        raise click.ClickException(f"not deployed: {exc}") from None
+    with ds.locked(name):
+        ds.save(md)
+    if first:
+        click.echo(f"created ModelDeployment {name}: {model}:{version} is stable")
+        return
+    s = md.spec.strategy
+    how = {
+        "Canary": f"canary steps {','.join(f'{w:g}' for w in s.canary.steps)}% every "
+        f"{s.canary.interval}",
+        "Shadow": f"shadow {s.shadow.percent:g}% for {s.shadow.duration}, then {s.shadow.then}",
+        "ABTest": f"A/B split {s.ab_test.split:g}% on {s.ab_test.sticky_header}, "
+        f"metric {s.ab_test.metric}",
+    }[s.type.value]
+    del models
+    click.echo(f"{name}: rolling out {version} over {md.spec.stable.version} ({how})")
+    click.echo(f"  follow it: turnout status {name} --watch    stop it: turnout rollback {name}")
+
+
+def _age(since: datetime | None, now: datetime) -> str:
+    if since is None:
+        return "-"
+    s = int((now - since).total_seconds())
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h"
+
+
+def _show(name: str, *, events: int = 5) -> str:
+    ds = _store()
+    state = ds.state(name)
+    spec: ModelDeploymentSpec | None
+    error = None
+    try:
+        spec = ds.load(name).spec
+    except SpecError as exc:
+        spec, error = state.spec, str(exc)
+    if spec is None:
+        return f"{name}: no valid spec yet: {error}"
+    st = state.status
+    now = datetime.now(UTC)
+    cand = st.routing.candidate or st.routing.shadow
+    weight = (
+        f"{st.routing.candidate.weight:g}"
+        if st.routing.candidate
+        else f"shadow {st.routing.shadow.percent:g}"
+        if st.routing.shadow
+        else "0"
+    )
+    candidate = spec.candidate.version if spec.candidate else (cand.version if cand else "-")
+    strategy = (st.rollout_strategy or spec.strategy.type).value
+    stable = st.routing.stable.version if st.routing.stable else f"({spec.stable.version})"
+    lines = [
+        f"{'NAME':<14}{'STABLE':<10}{'CANDIDATE':<11}{'STRATEGY':<10}{'WEIGHT':<12}{'PHASE':<14}AGE",
+        f"{name:<14}{stable:<10}{candidate:<11}{strategy:<10}{weight:<12}{st.phase.value:<14}"
+        f"{_age(st.rollout_started_at, now)}",
+        f"  {st.message}",
+    ]
+    if error:
+        lines.append(f"  ! spec file rejected, last good spec keeps running: {error}")
+    if spec.candidate is not None and st.phase in (Phase.PROGRESSING,):
+        s = spec.strategy.canary
+        lines.append(
+            f"  step {st.step + 1} of {len(s.steps)}, failed analyses "
+            f"{st.failed_checks}/{s.max_failed_checks}"
+        )
+    if st.checks:
+        lines.append(f"  {'CHECK':<18}{'VALUE':>12}  {'THRESHOLD':<12}RESULT")
+        for c in st.checks:
+            value = "no data" if c.value is None else f"{c.value:.4g}"
+            op = "<=" if c.kind == "max" else ">="
+            lines.append(
+                f"  {c.name:<18}{value:>12}  {op} {c.threshold:<9g}{'pass' if c.passed else 'FAIL'}"
+            )
+    ex = st.experiment
+    if ex is not None:
+        arms = "  ".join(
+            f"{arm} n={a.n:.0f} mean={a.mean if a.mean is None else round(a.mean, 4)}"
+            for arm, a in ex.arms.items()
+        )
+        lines.append(f"  experiment {ex.metric}: {arms}")
+        if ex.lift is not None:
+            ci = f"[{ex.ci[0]:+.4f}, {ex.ci[1]:+.4f}]" if ex.ci else "[-inf, inf]"
+            lines.append(f"    lift {ex.lift:+.4f} CI {ci} p={ex.p_value:.3g} -> {ex.decision}")
+    recent = [e for r in ds.records(name) for e in ((r["at"], ev) for ev in r["events"])]
+    if recent and events:
+        lines.append("  recent events:")
+        for at, ev in recent[-events:]:
+            lines.append(f"    {at[11:19]} {ev['type']:<8}{ev['reason']:<18}{ev['message']}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--watch", "-w", is_flag=True, help="refresh every second until Ctrl-C")
+@click.option("--json", "as_json", is_flag=True, help="print the status objects as JSON")
+def status(name: str | None, watch: bool, as_json: bool) -> None:
+    """Phase, weights, each check with its value and threshold, and the experiment."""
+    ds = _store()
+    names = [name] if name else ds.names()
+    if name and name not in ds.names():
+        raise click.ClickException(f"no ModelDeployment {name!r}; `turnout deploy` creates one")
+    if not names:
+        click.echo("no ModelDeployments yet: `turnout deploy MODEL --version V` creates one")
+        return
+    if as_json:
+        click.echo(json.dumps({n: dump(ds.state(n).status) for n in names}, indent=2))
+        return
+    while True:
+        text = "\n\n".join(_show(n) for n in names)
+        if not watch:
+            click.echo(text)
+            return
+        click.clear()
+        click.echo(f"{datetime.now().strftime('%H:%M:%S')}  turnout status --watch (Ctrl-C ends)\n")
+        click.echo(text)
+        try:
+            time.sleep(1)
+        except KeyboardInterrupt:
+            return
+
+
+def _patch(name: str, change: Any) -> ModelDeployment:
+    try:
+        return _store().update(name, change)
+    except (NotFound, SpecError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _annotate(name: str, action: Action) -> None:
+    def change(md: ModelDeployment) -> ModelDeployment:
+        if md.spec.candidate is None:
+            raise click.ClickException(f"{name} has no candidate to {action.value}")
+        notes = {**md.metadata.annotations, ACTION_ANNOTATION: action.value}
+        return md.model_copy(
+            update={"metadata": md.metadata.model_copy(update={"annotations": notes})}
+        )
+
+    md = _patch(name, change)
+    assert md.spec.candidate is not None
+    click.echo(
+        f"{name}: {action.value} of {md.spec.candidate.version} requested "
+        f"(annotation {ACTION_ANNOTATION}={action.value})"
+    )
+
+
+@main.command()
+@click.argument("name")
+def promote(name: str) -> None:
+    """Promote the candidate now, skipping the remaining steps."""
+    _annotate(name, Action.PROMOTE)
+
+
+@main.command()
+@click.argument("name")
+def abort(name: str) -> None:
+    """Roll the candidate back now (it stays in history as rolled back)."""
+    _annotate(name, Action.ABORT)
+
+
+def _set_paused(name: str, paused: bool) -> None:
+    def change(md: ModelDeployment) -> ModelDeployment:
+        return md.model_copy(update={"spec": md.spec.model_copy(update={"paused": paused})})
+
+    _patch(name, change)
+    click.echo(
+        f"{name}: {'paused; weights frozen' if paused else 'resumed'} "
+        f"(spec.paused={str(paused).lower()})"
+    )
+
+
+@main.command()
+@click.argument("name")
+def pause(name: str) -> None:
+    """Freeze the rollout's weights; no analysis runs until resume."""
+    _set_paused(name, True)
+
+
+@main.command()
+@click.argument("name")
+def resume(name: str) -> None:
+    """Continue a paused rollout (the current step's interval starts again)."""
+    _set_paused(name, False)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--to", "to", help="a version from `turnout history NAME` to make stable")
+def rollback(name: str, to: str | None) -> None:
+    """Send all traffic back to safety: drop the candidate, or return stable to a past version.
+
+    With a candidate in flight, it is removed at once and stable keeps serving. Without one
+    (or with --to), stable goes back to the previous (or the named) version from history.
+    """
+    history = _store().state(name).status.history
+    said: list[str] = []
+
+    def change(md: ModelDeployment) -> ModelDeployment:
+        spec = md.spec
+        said.clear()
+        if spec.candidate is not None:
+            said.append(
+                f"removed candidate {spec.candidate.version}; "
+                f"{spec.stable.version} serves all traffic"
+            )
+            spec = spec.model_copy(update={"candidate": None})
+            if to is None:
+                return md.model_copy(update={"spec": spec})
+        past = [h for h in history if h.version != spec.stable.version]
+        if to is not None:
+            past = [h for h in past if h.version == to]
+            if not past:
+                known = ", ".join(sorted({h.version for h in history})) or "none"
+                raise click.ClickException(
+                    f"{to!r} is not a past stable version of {name} (history: {known})"
+                )
+        if not past:
+            raise click.ClickException(f"{name} has no earlier stable version to roll back to")
+        target = past[0]
+        ref = VersionRef(version=target.version, image=target.image)
+        said.append(
+            f"stable {spec.stable.version} -> {target.version} "
+            f"(served as stable since {target.promoted_at:%Y-%m-%d %H:%M})"
+        )
+        return md.model_copy(update={"spec": spec.model_copy(update={"stable": ref})})
+
+    _patch(name, change)
+    for line in said:
+        click.echo(f"{name}: {line}")
+
+
+@main.command()
+@click.argument("name")
+def history(name: str) -> None:
+    """Versions that served as stable, newest first, and how each rollout ended."""
+    ds = _store()
+    st = ds.state(name).status
+    if not st.history:
+        raise click.ClickException(f"no history for {name!r} yet")
+    click.echo(f"{'VERSION':<10}{'STABLE SINCE':<22}REASON")
+    for h in st.history:
+        click.echo(f"{h.version:<10}{h.promoted_at:%Y-%m-%d %H:%M:%S}   {h.reason}")
+    ended = [(r["at"], e) for r in ds.records(name) for e in r["events"] if e["reason"] in _ENDINGS]
+    if ended:
+        click.echo("\nrollouts:")
+        for at, e in ended[-10:]:
+            click.echo(f"  {at[:19].replace('T', ' ')}  {e['reason']:<20}{e['message']}")
+
+
+_ENDINGS = {
+    r.value
+    for r in (
+        Reason.PROMOTED,
+        Reason.ROLLED_BACK,
+        Reason.ABORTED,
+        Reason.MANUAL_PROMOTE,
+        Reason.SHADOW_BLOCKED,
+        Reason.SHADOW_PASSED,
+        Reason.SRM,
+        Reason.EXPERIMENT_WON,
+        Reason.EXPERIMENT_LOST,
+        Reason.INCONCLUSIVE,
+    )
+}
+
+
+@main.command()
+@click.argument("name")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="default: NAME-report.html")
+def report(name: str, output: str | None) -> None:
+    """Write a self-contained HTML report of NAME's last rollout (charts, checks, events)."""
+    from turnout import report as reports
+
+    records = _store().records(name)
+    if not records:
+        raise click.ClickException(f"no decisions recorded for {name!r} yet")
+    try:
+        page = reports.render(name, records, generated_at=datetime.now(UTC))
+    except SpecError as exc:
+        raise click.ClickException(f"the decision log has a bad record: {exc}") from None
+    path = Path(output or f"{name}-report.html")
+    path.write_text(page)
+    click.echo(f"wrote {path} ({len(page) // 1024} KiB)")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,11 @@ class Settings:
     #: Rows in the sliding window the drift gauges compare against the training reference.
     #: TURNOUT_DRIFT_WINDOW
     drift_window: int
+    #: Chaos testing: share of inference requests this model server fails with a 500.
+    #: TURNOUT_FAULT_ERROR_RATE (default 0). Set per version via the spec's ``env``.
+    fault_error_rate: float
+    #: Chaos testing: milliseconds added to every inference. TURNOUT_FAULT_DELAY_MS (default 0)
+    fault_delay_ms: float
 
     @property
     def bentoml_home(self) -> Path:
@@ -111,6 +116,8 @@ def settings() -> Settings:
         trace_inference=_flag("TURNOUT_TRACE_INFERENCE", False),
         shadow_max_inflight=_int("TURNOUT_SHADOW_MAX_INFLIGHT", 64),
         log_payloads=_flag("TURNOUT_LOG_PAYLOADS", False),
+        fault_error_rate=_float("TURNOUT_FAULT_ERROR_RATE", 0.0),
+        fault_delay_ms=_float("TURNOUT_FAULT_DELAY_MS", 0.0),
     )
 
 

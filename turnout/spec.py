@@ -195,7 +195,7 @@ class ABTestStrategy(_Spec):
     min_detectable_effect: float = Field(default=0.01, gt=0)
     #: How often the test is evaluated.
     interval: Duration = "60s"
-    #: Promote a candidate that wins; otherwise the phase stays Experimenting until an operator acts.
+    #: Promote a winning candidate; otherwise it waits in Experimenting for an operator.
     auto_promote: bool = True
 
     @field_validator("sticky_header")
@@ -256,11 +256,14 @@ class Serving(_Spec):
             raise ValueError("minReplicas 0 (scale to zero) needs deploymentMode Knative")
         if self.deployment_mode == "Knative" and self.scale_metric not in ("concurrency", "rps"):
             raise ValueError("deploymentMode Knative scales on scaleMetric concurrency or rps")
-        if self.deployment_mode == "Standard" and self.scale_metric in ("concurrency", "rps"):
-            if self.autoscaler_class != "keda":
-                raise ValueError(
-                    f"scaleMetric {self.scale_metric} in Standard mode needs autoscalerClass keda"
-                )
+        standard_rate = self.deployment_mode == "Standard" and self.scale_metric in (
+            "concurrency",
+            "rps",
+        )
+        if standard_rate and self.autoscaler_class != "keda":
+            raise ValueError(
+                f"scaleMetric {self.scale_metric} in Standard mode needs autoscalerClass keda"
+            )
         return self
 
 
@@ -426,8 +429,10 @@ class Metadata(_Spec):
 
 
 class ModelDeployment(_Spec):
-    api_version: Literal["turnout.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
-    kind: Literal["ModelDeployment"] = KIND
+    api_version: Literal["turnout.dev/v1alpha1"] = Field(
+        default="turnout.dev/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
     metadata: Metadata
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus = ModelDeploymentStatus()

@@ -13,8 +13,10 @@ Both inference paths share one micro-batcher (see batching.py for why it is not 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,15 @@ SETTINGS = settings()
 bentoml_fixes.apply()
 INPUT, OUTPUT = "features", "probability"
 VERSION_HEADER = "x-turnout-model-version"
+
+
+class InferenceFailed(Exception):
+    """The model could not produce a usable answer (a server-side failure, answered 500)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
 
 
 class Runtime:
@@ -95,7 +106,18 @@ class Runtime:
                 )
 
     async def predict(self, features: np.ndarray) -> np.ndarray:
+        if SETTINGS.fault_delay_ms > 0:
+            await asyncio.sleep(SETTINGS.fault_delay_ms / 1000)
+        if SETTINGS.fault_error_rate > 0 and random.random() < SETTINGS.fault_error_rate:
+            raise InferenceFailed("injected fault (TURNOUT_FAULT_ERROR_RATE)", "injected_fault")
         scores = await self.batcher(features)
+        bad = ~np.isfinite(scores)
+        if bad.any():  # never hand a caller NaN: fail loudly so the router can retry elsewhere
+            raise InferenceFailed(
+                f"model {self.name}:{self.version} produced non-finite scores for "
+                f"{int(bad.sum())} of {len(scores)} rows",
+                "non_finite_output",
+            )
         self.monitor.observe(features, scores)
         return scores
 
@@ -195,7 +217,10 @@ async def infer(request: Request) -> Response:
         return _error(
             rt, exc.status, exc.message, "too_large" if exc.status == 413 else "bad_input"
         )
-    scores = await rt.predict(req.features)
+    try:
+        scores = await rt.predict(req.features)
+    except InferenceFailed as exc:
+        return _error(rt, 500, exc.message, exc.reason)
     payload, headers = v2.encode_infer(
         model_name=rt.name,
         model_version=rt.version,
@@ -294,7 +319,12 @@ class FraudModel:
             rt.monitor.error("too_large" if exc.status == 413 else "bad_input")
             ctx.response.status_code = exc.status
             return {"error": exc.message}
-        scores = await rt.predict(checked)
+        try:
+            scores = await rt.predict(checked)
+        except InferenceFailed as exc:
+            rt.monitor.error(exc.reason)
+            ctx.response.status_code = 500
+            return {"error": exc.message}
         return {"model_version": rt.version, OUTPUT: scores.tolist()}
 
 

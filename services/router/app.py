@@ -38,6 +38,8 @@ access = logging.getLogger("turnout.router.access")
 FORWARDED = frozenset({b"content-type", b"inference-header-content-length", b"x-request-id"})
 #: Response headers passed back from the model server.
 RETURNED = frozenset({"content-type", "inference-header-content-length"})
+#: The ``variant`` label of mirrored calls (the other two are the Arm values).
+SHADOW = "shadow"
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,24 @@ class Router:
         self._shadow_max = shadow_max_inflight
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._log_payloads = log_payloads
+        #: Per model, the A/B experiment its statistics belong to: (candidate version, salt).
+        self._experiments: dict[str, tuple[str | None, str]] = {}
 
     # --- route table --------------------------------------------------------------------
 
     def set_table(self, table: RouteTable) -> None:
+        for name, route in table.models.items():
+            experiment = (route.candidate.version if route.candidate else None, route.salt)
+            if self._experiments.get(name, experiment) != experiment:
+                self.metrics.reset_ab(name)  # new candidate or reshuffled keys: start from zero
+            self._experiments[name] = experiment
+            # Export every upstream's series at zero before its first call: Prometheus' rate()
+            # cannot see the increase that makes a counter appear.
+            self.metrics.upstream(name, Arm.STABLE, route.stable.version)
+            if route.candidate is not None:
+                self.metrics.upstream(name, Arm.CANDIDATE, route.candidate.version)
+            if route.shadow is not None:
+                self.metrics.upstream(name, SHADOW, route.shadow.version)
         self.table = table
         self.loaded_at = datetime.now(UTC)
         self.last_error = None
@@ -280,12 +296,12 @@ class Router:
             arm = assign(weight=weight, salt=route.salt, key=key, uniform=random.random())
             target = route.candidate if arm is Arm.CANDIDATE and route.candidate else route.stable
 
-        reply = await self._forward(target, name, kind, body, headers, route.timeout_ms)
+        reply = await self._forward(target, name, kind, body, headers, route.timeout_ms, arm)
         retried = False
         if not reply.ok and arm is Arm.CANDIDATE and route.retry_on_stable and pin is None:
             self.metrics.retries.labels(name, reply.reason).inc()
             retried, arm, target = True, Arm.STABLE, route.stable
-            reply = await self._forward(target, name, kind, body, headers, route.timeout_ms)
+            reply = await self._forward(target, name, kind, body, headers, route.timeout_ms, arm)
 
         out = {k: v for k, v in reply.headers.items() if k in RETURNED}
         out["x-turnout-variant"] = arm.value
@@ -371,12 +387,19 @@ class Router:
         body: bytes,
         headers: Mapping[str, str],
         timeout_ms: float,
+        variant: str,
     ) -> Reply:
+        """One inference attempt on ``target``, counted and timed under ``variant``."""
         if kind == "predict":
             url = f"{target.url}/predict"
         else:
             url = f"{target.url}/v2/models/{name}/versions/{target.version}/infer"
-        return await self._call(target, url, "POST", body, headers, timeout_ms)
+        upstream = self.metrics.upstream(name, variant, target.version)
+        started = time.perf_counter()
+        reply = await self._call(target, url, "POST", body, headers, timeout_ms)
+        upstream.duration.observe(time.perf_counter() - started)
+        (upstream.ok if reply.ok else upstream.error).inc()
+        return reply
 
     async def _call(
         self,
@@ -450,7 +473,9 @@ class Router:
         primary: Reply,
     ) -> None:
         try:
-            reply = await self._forward(shadow, name, kind, body, headers, route.shadow_timeout_ms)
+            reply = await self._forward(
+                shadow, name, kind, body, headers, route.shadow_timeout_ms, SHADOW
+            )
             if not reply.ok or reply.status != 200:
                 result = "timeout" if reply.status == 504 and not reply.body else "error"
                 self.metrics.shadow_requests.labels(name, result).inc()

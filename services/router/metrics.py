@@ -1,11 +1,35 @@
-"""The router's Prometheus metrics (DESIGN §5), in their own registry."""
+"""The router's Prometheus metrics (DESIGN §5), in their own registry.
+
+``turnout_router_upstream_*`` count and time every inference attempt on a version, shadow
+copies included (a candidate call retried on stable is two attempts), so the controller's
+error-rate and latency checks (services/controller/promql.py) see candidate failures that the
+caller never saw.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Per-attempt latency: fine from 0.5 ms to 100 ms, where p99 checks of a model server live.
+UPSTREAM_BUCKETS = (
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
 DIFF_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+AB_STATS = ("count", "sum", "sumsq")
+AB_ARMS = ("stable", "candidate")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The labelled children for one (model, variant, version): resolved once, not per call."""
+
+    ok: Counter
+    error: Counter
+    duration: Histogram
 
 
 class RouterMetrics:
@@ -24,6 +48,21 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.upstream_calls = Counter(
+            "turnout_router_upstream_calls",
+            "Upstream attempts by model, variant (stable, candidate, shadow), version and result"
+            " (error: 5xx, timeout or unreachable; a 4xx is the caller's and counts ok)",
+            ["model", "variant", "version", "result"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "turnout_router_upstream_duration_seconds",
+            "Time of one upstream attempt, by model, variant and version",
+            ["model", "variant", "version"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self._upstreams: dict[tuple[str, str, str], Upstream] = {}
         self.fallbacks = Counter(
             "turnout_router_fallbacks",
             "Requests answered by the fallback after every version failed",
@@ -71,3 +110,21 @@ class RouterMetrics:
             "Route tables rejected (the previous one kept serving)",
             registry=r,
         )
+
+    def upstream(self, model: str, variant: str, version: str) -> Upstream:
+        """The children for one upstream; created (at zero) on first use, then cached."""
+        key = (model, variant, version)
+        found = self._upstreams.get(key)
+        if found is None:
+            found = self._upstreams[key] = Upstream(
+                ok=self.upstream_calls.labels(model, variant, version, "ok"),
+                error=self.upstream_calls.labels(model, variant, version, "error"),
+                duration=self.upstream_duration.labels(model, variant, version),
+            )
+        return found
+
+    def reset_ab(self, model: str) -> None:
+        """Zero a model's A/B statistics: a new experiment starts from nothing."""
+        for arm in AB_ARMS:
+            for stat in AB_STATS:
+                self.ab_outcomes.labels(model, arm, stat).set(0)

@@ -228,6 +228,57 @@ def test_feedback_builds_per_arm_sufficient_statistics(front) -> None:
         assert resp.status_code == 400 and message in resp.json()["error"]
 
 
+def _samples(text: str, name: str) -> dict[frozenset, float]:
+    """Every sample called ``name`` in a /metrics text, keyed by its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        frozenset(s.labels.items()): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def _ab(client: httpx.Client) -> dict[tuple[str, str], float]:
+    found = _samples(client.get("/metrics").text, "turnout_ab_outcomes")
+    return {(dict(k)["arm"], dict(k)["stat"]): v for k, v in found.items()}
+
+
+def test_ab_statistics_restart_when_the_candidate_or_salt_changes(tmp_path, servers) -> None:
+    path = tmp_path / "routes.json"
+    stable = {"version": "v1", "url": servers["v1"]}
+
+    def table(version: str, weight: float, salt: str) -> None:
+        candidate = {"version": version, "url": servers["r2"], "weight": weight}
+        write_routes(path, stable=stable, candidate=candidate, salt=salt)
+
+    def feedback(n: int) -> None:
+        for i in range(n):
+            resp = client.post("/v2/models/fraud/feedback", json={"key": f"k{i}", "outcome": 1})
+            assert resp.status_code == 200
+
+    table("r2", 50, "")
+    base, cm = router(path)
+    with cm, httpx.Client(base_url=base, timeout=10) as client:
+        feedback(20)
+        assert _ab(client)[("stable", "count")] + _ab(client)[("candidate", "count")] == 20
+
+        table("r2", 80, "")  # a new weight is the same experiment: the statistics carry on
+        wait_for_table(client, lambda t: t["candidate"]["weight"] == 80)
+        assert sum(v for (_, stat), v in _ab(client).items() if stat == "count") == 20
+
+        table("r2", 80, "round-2")  # a new salt reshuffles the arms: a new experiment
+        wait_for_table(client, lambda t: t["salt"] == "round-2")
+        assert set(_ab(client).values()) == {0.0}
+        feedback(5)
+        assert sum(v for (_, stat), v in _ab(client).items() if stat == "sum") == 5
+
+        table("r3", 80, "round-2")  # a new candidate version: a new experiment
+        wait_for_table(client, lambda t: t["candidate"]["version"] == "r3")
+        assert set(_ab(client).values()) == {0.0}
+
+
 # --- shadow ---------------------------------------------------------------------------------
 
 
@@ -361,6 +412,58 @@ def test_killing_the_candidate_mid_traffic_fails_no_request(tmp_path, versions, 
     late = replies[700:]
     assert {r.headers["x-turnout-variant"] for r in late} == {"stable"}
     assert any(r.headers.get("x-turnout-retried") == "true" for r in replies)
+
+
+def test_every_upstream_attempt_is_counted_and_timed(tmp_path, servers) -> None:
+    """A candidate failure retried on stable never reaches the caller, but it is counted."""
+    path = tmp_path / "routes.json"
+    write_routes(
+        path,
+        stable={"version": "v1", "url": servers["v1"]},
+        candidate={"version": "r2", "url": "http://127.0.0.1:9", "weight": 50},  # nothing there
+        shadow={"version": "v1", "url": servers["v1"], "percent": 100},
+    )
+    keys = [f"user-{i}" for i in range(40)]
+    on_candidate = sum(assign(weight=50, salt="", key=k, uniform=0) is Arm.CANDIDATE for k in keys)
+    assert 0 < on_candidate < len(keys)
+    base, cm = router(path)
+    with cm, httpx.Client(base_url=base, timeout=10) as client:
+
+        def calls() -> dict[tuple[str, str, str], float]:
+            found = _samples(client.get("/metrics").text, "turnout_router_upstream_calls_total")
+            return {
+                (dict(k)["variant"], dict(k)["version"], dict(k)["result"]): v
+                for k, v in found.items()
+            }
+
+        # Every routed upstream is exported at zero before its first call.
+        assert set(calls().values()) == {0.0} and len(calls()) == 6
+        for key in keys:
+            assert infer(client, **{"x-user-id": key}).status_code == 200
+        # A 4xx is the caller's fault: an answer, not a failure of the version.
+        bad = {"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [1]}]}
+        assert client.post("/v2/models/fraud/versions/v1/infer", json=bad).status_code == 400
+
+        deadline = time.monotonic() + 10
+        while calls()[("shadow", "v1", "ok")] < len(keys) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert calls() == {
+            ("stable", "v1", "ok"): len(keys) + 1,
+            ("stable", "v1", "error"): 0,
+            ("candidate", "r2", "ok"): 0,
+            ("candidate", "r2", "error"): on_candidate,
+            ("shadow", "v1", "ok"): len(keys),
+            ("shadow", "v1", "error"): 0,
+        }
+        text = client.get("/metrics").text
+        timed = _samples(text, "turnout_router_upstream_duration_seconds_count")
+        assert {(dict(k)["variant"], v) for k, v in timed.items()} == {
+            ("stable", len(keys) + 1),
+            ("candidate", on_candidate),
+            ("shadow", len(keys)),
+        }
+        retries = _samples(text, "turnout_router_retries_total")
+        assert sum(retries.values()) == on_candidate
 
 
 def test_with_every_version_down_the_fallback_answers_in_time(tmp_path) -> None:

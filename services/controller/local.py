@@ -1,0 +1,279 @@
+"""The controller on a laptop: fetch → decide → apply over the files in ``$TURNOUT_HOME``.
+
+Each pass, for every ModelDeployment file: accept the spec (or keep the last good one and say
+why), make the supervisor serve the versions it names, read metrics when an analysis is due,
+call the pure ``decide()``, and apply its decision — one state write, the events, a spec
+write-back when the rollout promoted or ended — then write the router's route table. All
+state is in files, so a crash loses nothing and a restart resumes at the same step.
+
+Passes run every ``poll_s`` (0.1 s): a ``turnout rollback`` reaches the route table within
+about one pass, and the router picks the table up within its own poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+from services.controller.supervisor import Supervisor, Want
+from turnout import rollout
+from turnout.deployments import DeploymentStore, NotFound, State
+from turnout.observation import MetricsProvider, MetricsUnavailable, Observation
+from turnout.spec import (
+    ACTION_ANNOTATION,
+    Action,
+    Condition,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    ModelRoute,
+    Reason,
+    RouteTable,
+    SpecError,
+    dump,
+    route_for,
+)
+
+log = logging.getLogger("turnout.controller")
+
+
+@dataclass
+class _Seen:
+    """What the loop last acted on for one deployment, to decide only when something moved."""
+
+    spec: ModelDeploymentSpec | None = None
+    endpoints: dict[str, str] | None = None
+    wake_at: datetime | None = None
+
+
+class LocalController:
+    def __init__(
+        self,
+        *,
+        store: DeploymentStore,
+        supervisor: Supervisor,
+        metrics: MetricsProvider,
+        routes_file: Path,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        poll_s: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.supervisor = supervisor
+        self.metrics = metrics
+        self.routes_file = routes_file
+        self.clock = clock
+        self.poll_s = poll_s
+        self._seen: dict[str, _Seen] = {}
+        self._routes_text: str | None = None
+        #: ``turnout.dev/action`` annotations read this pass, by deployment.
+        self._actions: dict[str, str] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # one bad pass must not end the loop; the next one retries
+                log.exception("controller pass failed")
+            stop.wait(self.poll_s)
+
+    def run_once(self) -> None:
+        wanted: dict[str, Want] = {}
+        specs: dict[str, tuple[ModelDeploymentSpec, State]] = {}
+        for name in self.store.names():
+            accepted = self._accept(name)
+            if accepted is not None:
+                specs[name] = accepted
+                for version in rollout.served_versions(accepted[0], accepted[1].status):
+                    want = _want(accepted[0], version)
+                    wanted[want.key] = want
+        ready = self.supervisor.ensure(wanted)
+        routes: dict[str, ModelRoute] = {}
+        for name, (spec, state) in specs.items():
+            endpoints = {
+                v: ready[k]
+                for v in rollout.served_versions(spec, state.status)
+                if (k := _want(spec, v).key) in ready
+            }
+            state = self._reconcile(name, spec, state, endpoints)
+            route = route_for(state.spec or spec, state.status.routing)
+            if route is not None:
+                routes[spec.model] = route
+        self._write_routes(routes)
+
+    # --- fetch --------------------------------------------------------------------------
+
+    def _accept(self, name: str) -> tuple[ModelDeploymentSpec, State] | None:
+        """The spec to run: the file's if it validates, else the last good one (with why)."""
+        state = self.store.state(name)
+        try:
+            md = self.store.load(name)
+        except NotFound:
+            return None
+        except SpecError as exc:
+            message = str(exc)
+            if state.spec_error != message:
+                log.error(
+                    "ModelDeployment %s rejected, the last good spec keeps running: %s",
+                    name,
+                    message,
+                )
+                status = state.status.model_copy(
+                    update={"conditions": _spec_condition(state, "False", message, self.clock())}
+                )
+                state = replace(state, status=status, spec_error=message)
+                self.store.save_state(name, state)
+                self._record(name, state, [("Warning", Reason.INVALID_SPEC, message)])
+            return None if state.spec is None else (state.spec, state)
+        if state.spec != md.spec or state.spec_error is not None:
+            generation = state.generation + (state.spec != md.spec)
+            status = state.status
+            if state.spec_error is not None:
+                conditions = _spec_condition(state, "True", "spec accepted", self.clock())
+                status = status.model_copy(update={"conditions": conditions})
+            state = replace(
+                state, spec=md.spec, generation=generation, spec_error=None, status=status
+            )
+            self.store.save_state(name, state)
+        action = md.metadata.annotations.get(ACTION_ANNOTATION)
+        if action is not None:
+            self._actions[name] = action
+        return md.spec, state
+
+    # --- decide and apply -----------------------------------------------------------------
+
+    def _reconcile(
+        self, name: str, spec: ModelDeploymentSpec, state: State, endpoints: dict[str, str]
+    ) -> State:
+        now = self.clock()
+        seen = self._seen.setdefault(name, _Seen())
+        action_text = self._actions.pop(name, None)
+        moved = seen.spec != spec or seen.endpoints != endpoints or action_text is not None
+        if not moved and seen.wake_at is not None and now < seen.wake_at:
+            return state
+        action = _action(action_text)
+        query = rollout.analysis_due(spec, state.status, now)
+        metrics, error = None, None
+        if query is not None:
+            try:
+                metrics = self.metrics.observe(query)
+            except MetricsUnavailable as exc:
+                error = str(exc)
+        observation = Observation(endpoints=endpoints, metrics=metrics, metrics_error=error)
+        decision = rollout.decide(
+            spec, state.status, observation, now, generation=state.generation, action=action
+        )
+        new = replace(state, status=decision.status)
+        if decision.spec is not None:
+            new = self._write_back(name, new, decision.spec)
+        if decision.clear_action or (action_text is not None and action is None):
+            self._clear_action(name)
+        if new.status != state.status:
+            self.store.save_state(name, new)
+        if decision.events or _visible(state, new):
+            self._record(name, new, [(e.type, e.reason, e.message) for e in decision.events])
+        for e in decision.events:
+            (log.warning if e.type == "Warning" else log.info)(
+                "%s: %s %s", name, e.reason, e.message
+            )
+        seen.spec = new.spec or spec
+        seen.endpoints = endpoints
+        seen.wake_at = now + timedelta(seconds=decision.requeue_after)
+        return new
+
+    def _write_back(self, name: str, state: State, spec: ModelDeploymentSpec) -> State:
+        """Promotion and ended rollouts change the spec; write it to the user's file."""
+        with self.store.locked(name):
+            try:
+                md = self.store.load(name)
+            except (SpecError, NotFound):
+                # The file holds a bad edit (or vanished): rebuild it from the accepted spec.
+                md = ModelDeployment.model_validate(
+                    {"metadata": {"name": name}, "spec": dump(spec)}
+                )
+            self.store.save(md.model_copy(update={"spec": spec}))
+        new = replace(state, spec=spec, generation=state.generation + 1, spec_error=None)
+        self.store.save_state(name, new)
+        return new
+
+    def _clear_action(self, name: str) -> None:
+        def clear(md: ModelDeployment) -> ModelDeployment:
+            notes = {k: v for k, v in md.metadata.annotations.items() if k != ACTION_ANNOTATION}
+            return md.model_copy(
+                update={"metadata": md.metadata.model_copy(update={"annotations": notes})}
+            )
+
+        with contextlib.suppress(SpecError, NotFound):
+            self.store.update(name, clear)
+
+    def _record(self, name: str, state: State, events: list[tuple[str, str, str]]) -> None:
+        self.store.append_record(
+            name,
+            at=self.clock(),
+            status=state.status,
+            events=[{"type": t, "reason": str(r), "message": m} for t, r, m in events],
+        )
+
+    def _write_routes(self, routes: dict[str, ModelRoute]) -> None:
+        if not routes:
+            return
+        table = RouteTable(models=routes)
+        text = "# Written by the turnout controller from each ModelDeployment's status.routing.\n"
+        text += yaml.safe_dump(dump(table), sort_keys=False)
+        if text == self._routes_text:
+            return
+        tmp = self.routes_file.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.routes_file)
+        self._routes_text = text
+
+
+def _want(spec: ModelDeploymentSpec, version: str) -> Want:
+    ref = next(
+        (r for r in (spec.stable, spec.candidate) if r is not None and r.version == version), None
+    )
+    env = tuple(sorted(ref.env.items())) if ref is not None else ()
+    return Want(f"{spec.model}:{version}", env)
+
+
+def _action(text: str | None) -> Action | None:
+    if text is None:
+        return None
+    try:
+        return Action(text)
+    except ValueError:
+        log.error("ignoring %s=%r: expected promote or abort", ACTION_ANNOTATION, text)
+        return None
+
+
+def _spec_condition(state: State, value: str, message: str, now: datetime) -> list[Condition]:
+    kept = [c for c in state.status.conditions if c.type != "SpecValid"]
+    reason = "Accepted" if value == "True" else Reason.INVALID_SPEC.value
+    cond = Condition.model_validate(
+        {
+            "type": "SpecValid",
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now.isoformat(),
+        }
+    )
+    return [*kept, cond]
+
+
+def _visible(old: State, new: State) -> bool:
+    """A change worth a line in the event log: phase, weights, checks or experiment."""
+    a, b = old.status, new.status
+    return (a.phase, a.routing, a.checks, a.experiment, a.message) != (
+        b.phase,
+        b.routing,
+        b.checks,
+        b.experiment,
+        b.message,
+    )

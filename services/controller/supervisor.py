@@ -1,0 +1,234 @@
+"""Model-server processes for the versions the local ModelDeployments name.
+
+The laptop's stand-in for KServe creating one InferenceService per version: ``ensure()`` is
+told which versions must run (with their env), starts what is missing on a free port, stops
+what is no longer wanted, restarts a server that died (with backoff), and answers with the
+base URL of each server that is ready. Readiness is polled without blocking, so a server that
+takes a minute to start never delays a rollback.
+
+Servers run in their own sessions and are recorded in ``$TURNOUT_HOME/run/servers.json``: if
+the controller loop crashes they keep serving, and the next loop adopts them instead of
+starting new ones — a restart loses no traffic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from turnout.launch import serve_command
+
+log = logging.getLogger("turnout.controller")
+
+#: Seconds between readiness probes of a starting server.
+PROBE_EVERY_S = 0.25
+#: A server that is not ready after this long is killed and started again.
+START_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Want:
+    """A version that must be served: ``model:version`` plus extra environment."""
+
+    tag: str
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        if not self.env:
+            return self.tag
+        return self.tag + "?" + "&".join(f"{k}={v}" for k, v in self.env)
+
+
+@dataclass
+class Server:
+    want: Want
+    port: int
+    pid: int
+    proc: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    started: float = field(default_factory=time.monotonic)
+    next_probe: float = 0.0
+    restarts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+
+class Supervisor:
+    def __init__(self, home: Path, *, targets_file: Path | None = None) -> None:
+        self.home = home
+        self.state_file = home / "run" / "servers.json"
+        self.log_dir = home / "logs"
+        self.targets_file = targets_file
+        self.servers: dict[str, Server] = {}
+        self._client = httpx.Client(timeout=0.5)
+        self._adopt()
+
+    # --- the one entry point ------------------------------------------------------------
+
+    def ensure(self, wanted: Mapping[str, Want]) -> dict[str, str]:
+        """Make the servers match ``wanted`` (key -> Want); URLs of those ready, by key."""
+        changed = False
+        for key in list(self.servers):
+            if key not in wanted:
+                self._stop(self.servers.pop(key))
+                changed = True
+        now = time.monotonic()
+        for key, want in wanted.items():
+            server = self.servers.get(key)
+            if server is None:
+                self.servers[key] = self._start(want)
+                changed = True
+                continue
+            if not server.alive():
+                log.warning("%s (port %d) exited; starting it again", key, server.port)
+                self.servers[key] = self._start(want, restarts=server.restarts + 1)
+                changed = True
+                continue
+            if not server.ready and now >= server.next_probe:
+                server.next_probe = now + PROBE_EVERY_S
+                if self._probe(server):
+                    server.ready = True
+                    changed = True
+                    log.info("%s ready at %s", key, server.url)
+                elif now - server.started > START_TIMEOUT_S:
+                    log.error("%s not ready after %.0fs; restarting it", key, START_TIMEOUT_S)
+                    self._stop(server)
+                    self.servers[key] = self._start(want, restarts=server.restarts + 1)
+        if changed:
+            self._save()
+        return {k: s.url for k, s in self.servers.items() if s.ready}
+
+    def stop_all(self) -> None:
+        servers, self.servers = list(self.servers.values()), {}
+        threads = [self._stop(s) for s in servers]
+        for t in threads:
+            t.join()
+        self._save()
+
+    # --- processes ----------------------------------------------------------------------
+
+    def _start(self, want: Want, *, restarts: int = 0) -> Server:
+        port = _free_port()
+        cmd, env = serve_command(want.tag, host="127.0.0.1", port=port, env=dict(want.env))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{want.tag.replace(':', '-')}-{port}.log"
+        with open(log_path, "ab") as out:
+            # Own session: Ctrl-C in a terminal reaches the controller, which stops servers in
+            # order; a crashed controller leaves them serving for the next one to adopt.
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        log.info("starting %s on port %d (log %s)", want.key, port, log_path)
+        server = Server(want=want, port=port, pid=proc.pid, proc=proc, restarts=restarts)
+        # Back off a crash-looping server: 0.25 s, 0.5 s, 1 s ... up to 30 s before probing.
+        server.next_probe = time.monotonic() + min(PROBE_EVERY_S * 2**restarts, 30.0)
+        return server
+
+    def _stop(self, server: Server) -> threading.Thread:
+        """Stop a server and its workers in the background (a rollback must not wait on it)."""
+        log.info("stopping %s (port %d)", server.want.key, server.port)
+        thread = threading.Thread(target=_terminate, args=(server.pid,), daemon=True)
+        thread.start()
+        if server.proc is not None:
+            threading.Thread(target=server.proc.wait, daemon=True).start()  # reap it
+        return thread
+
+    def _probe(self, server: Server) -> bool:
+        try:
+            return self._client.get(f"{server.url}/v2/health/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # --- surviving a controller restart ---------------------------------------------------
+
+    def _save(self) -> None:
+        doc = {
+            key: {"tag": s.want.tag, "env": s.want.env, "port": s.port, "pid": s.pid}
+            for key, s in self.servers.items()
+        }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.state_file)
+        if self.targets_file is not None:
+            self._write_targets()
+
+    def _adopt(self) -> None:
+        try:
+            doc = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        for key, entry in doc.items():
+            want = Want(entry["tag"], tuple((k, v) for k, v in entry["env"]))
+            server = Server(want=want, port=int(entry["port"]), pid=int(entry["pid"]))
+            if server.alive() and _is_ours(server.pid, want.tag):
+                log.info("adopting %s still serving on port %d", key, server.port)
+                self.servers[key] = server
+
+    def _write_targets(self) -> None:
+        """Prometheus file_sd targets: every model server, labelled with its version."""
+        assert self.targets_file is not None
+        targets = []
+        for s in self.servers.values():
+            model, _, version = s.want.tag.partition(":")
+            labels = {"model": model, "version": version}
+            targets.append({"targets": [f"127.0.0.1:{s.port}"], "labels": labels})
+        self.targets_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(targets))
+        os.replace(tmp, self.targets_file)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _is_ours(pid: int, tag: str) -> bool:
+    """The pid is still a model server for ``tag`` (not a recycled pid)."""
+    try:
+        env = psutil.Process(pid).environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return env.get("TURNOUT_MODEL") == tag
+
+
+def _terminate(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM a server and everything under it (bentoml workers start their own sessions)."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()

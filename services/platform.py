@@ -1,0 +1,162 @@
+"""The whole local platform as processes: Prometheus, the controller loop and the router.
+
+``turnout up``, ``turnout demo``, the end-to-end tests and the rollback benchmark start the
+same pieces the same way, so what they show is what a user runs. The controller starts the
+model servers (one per version the ModelDeployments name) and writes the route table; the
+router serves the stable endpoint from it; Prometheus, when its binary exists, scrapes both
+and the controller judges rollouts from PromQL (without it, from direct scrapes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.controller import promserver
+from turnout.launch import project_root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalPlatform:
+    home: Path
+    port: int = 8080
+    #: Use Prometheus when the binary exists; False forces direct scrapes.
+    prometheus: bool = True
+    scrape_interval_s: float = 1.0
+    #: Extra environment for every process (e.g. TURNOUT_HOME for a demo's own state).
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    prometheus_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def routes_file(self) -> Path:
+        return self.home / "routes.yaml"
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, "TURNOUT_HOME": str(self.home)}
+        with open(logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                cmd, env=env, cwd=project_root(), stdout=out, stderr=subprocess.STDOUT
+            )
+        self.procs[name] = proc
+        return proc
+
+    def start_controller(self, *, timeout: float = 240.0) -> None:
+        """Start the controller; return once it has routed a stable version."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.controller",
+            "--routes",
+            str(self.routes_file),
+            "--router",
+            self.url,
+            "--scrape-interval",
+            str(self.scrape_interval_s),
+        ]
+        if self.prometheus_url:
+            cmd += ["--prometheus", self.prometheus_url]
+            cmd += ["--targets-file", str(self.home / "prometheus" / "targets.json")]
+        proc = self._spawn("controller", cmd)
+        self._wait(lambda: self.routes_file.exists(), proc, timeout, "a route table")
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.routes_file.unlink(missing_ok=True)
+        if self.prometheus and promserver.binary() is not None:
+            directory = self.home / "prometheus"
+            targets = directory / "targets.json"
+            promserver.write_config(
+                directory,
+                router_url=self.url,
+                targets_file=targets,
+                scrape_interval_s=self.scrape_interval_s,
+            )
+            if not targets.exists():
+                promserver.write_targets(targets, {})
+            port = free_port()
+            self.procs["prometheus"] = promserver.start(directory, port=port)
+            self.prometheus_url = f"http://127.0.0.1:{port}"
+            promserver.wait_ready(self.prometheus_url, proc=self.procs["prometheus"])
+        self.start_controller()
+        router = self._spawn(
+            "router",
+            [
+                sys.executable,
+                "-m",
+                "services.router",
+                "--routes",
+                str(self.routes_file),
+                "--port",
+                str(self.port),
+            ],
+        )
+        self._wait(lambda: _ok(f"{self.url}/v2/health/ready"), router, 60, "the router")
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        for name in ("router", "controller", "prometheus"):
+            with contextlib.suppress(OSError):
+                self.stop_process(name)
+
+    def __enter__(self) -> LocalPlatform:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait(
+        self, ready: object, proc: subprocess.Popen[bytes], timeout: float, what: str
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        assert callable(ready)
+        while not ready():
+            if proc.poll() is not None:
+                log = self.home / "logs"
+                raise RuntimeError(f"{what}: process exited with {proc.returncode} (logs: {log})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} after {timeout:.0f}s (logs: {self.home / 'logs'})")
+            time.sleep(0.1)
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

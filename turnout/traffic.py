@@ -1,0 +1,141 @@
+"""Synthetic users calling the stable endpoint, for `turnout up`, the demo and benchmarks.
+
+Each request carries a sticky user id and one transaction from the synthetic generator. With
+an ``outcome`` function, every answered request is followed by A/B feedback (the business
+outcome of that user, e.g. a conversion drawn with a rate that depends on the version that
+served them), which is how the A/B test gets its data.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+#: The business outcome of one served request: f(variant, version, rng) -> number.
+Outcome = Callable[[str, str, random.Random], float]
+
+
+@dataclass
+class Counts:
+    #: (variant, version, status) -> requests
+    replies: collections.Counter[tuple[str, str, int]] = field(default_factory=collections.Counter)
+    errors: int = 0
+    feedback: int = 0
+
+    def served_by(self, version: str) -> int:
+        return sum(n for (_, v, s), n in self.replies.items() if v == version and s == 200)
+
+
+class Traffic:
+    """``rate`` requests per second from ``threads`` threads until ``stop()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        rate: float = 20.0,
+        threads: int = 2,
+        users: int = 100_000,
+        outcome: Outcome | None = None,
+        seed: int = 0,
+    ) -> None:
+        from training.data import FRAUD_SCHEMA, generate
+
+        rows = generate(2000, seed=seed)[FRAUD_SCHEMA.names].to_numpy(dtype="float32")
+        self._bodies = [
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "features",
+                            "shape": [1, len(r)],
+                            "datatype": "FP32",
+                            "data": [float(v) for v in r],
+                        }
+                    ]
+                }
+            )
+            for r in rows
+        ]
+        self.url = f"{base_url}/v2/models/{model}/infer"
+        self.feedback_url = f"{base_url}/v2/models/{model}/feedback"
+        self.rate = rate
+        self.threads = threads
+        self.users = users
+        self.outcome = outcome
+        self.seed = seed
+        self.counts = Counts()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def set_outcome(self, outcome: Outcome | None) -> None:
+        self.outcome = outcome
+
+    def start(self) -> Traffic:
+        for i in range(self.threads):
+            t = threading.Thread(target=self._run, args=(i,), daemon=True, name=f"traffic-{i}")
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(timeout=5)
+
+    def _run(self, index: int) -> None:
+        rng = random.Random(self.seed * 1000 + index)
+        period = self.threads / self.rate
+        next_at = time.monotonic()
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set():
+                next_at += period
+                self._one(client, rng)
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_at = time.monotonic()  # behind schedule: do not burst to catch up
+
+    def _one(self, client: httpx.Client, rng: random.Random) -> None:
+        user = f"user-{rng.randrange(self.users)}"
+        body = self._bodies[rng.randrange(len(self._bodies))]
+        headers = {"content-type": "application/json", "x-user-id": user}
+        try:
+            resp = client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError:
+            with self._lock:
+                self.counts.errors += 1
+            return
+        variant = resp.headers.get("x-turnout-variant", "")
+        version = resp.headers.get("x-turnout-model-version", "")
+        with self._lock:
+            self.counts.replies[(variant, version, resp.status_code)] += 1
+        outcome = self.outcome
+        if outcome is None or resp.status_code != 200:
+            return
+        value = outcome(variant, version, rng)
+        try:
+            client.post(self.feedback_url, json={"key": user, "outcome": value})
+        except httpx.HTTPError:
+            return
+        with self._lock:
+            self.counts.feedback += 1
+
+
+def conversion(rates: dict[str, float], default: float) -> Outcome:
+    """Bernoulli conversions with a rate per version (others convert at ``default``)."""
+
+    def outcome(variant: str, version: str, rng: random.Random) -> float:
+        return 1.0 if rng.random() < rates.get(version, default) else 0.0
+
+    return outcome
