@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -167,21 +164,6 @@ def route(routes: str, host: str, port: int) -> None:
     os.execv(cmd[0], cmd)
 
 
-def wait_ready(url: str, *, timeout: float, process: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise click.ClickException(f"server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise click.ClickException(f"{url} not ready after {timeout:.0f}s")
-
-
 def _example_row() -> list[float]:
     from training.data import FRAUD_SCHEMA, generate
 
@@ -189,44 +171,81 @@ def _example_row() -> list[float]:
     return [round(float(v), 4) for v in row]
 
 
-@main.command()
-@click.option("--name", default=DEFAULT_MODEL, show_default=True)
-@click.option("--port", default=8080, show_default=True, help="the stable endpoint (router)")
-@click.option("--model-port", default=3000, show_default=True, help="the model server behind it")
-def up(name: str, port: int, model_port: int) -> None:
-    """Run the local platform: train the demo model if missing, serve it behind the router."""
+def _ensure_versions(name: str, *, rows: int) -> tuple[str, str]:
+    """The stable version to serve and a newer one to canary, training what is missing."""
     from training import store
+    from training.data import generate
+    from training.train import train as fit
 
-    versions = store.list_versions(name)
-    if versions:
-        tag = versions[0]["tag"]
-        click.echo(f"model store: {settings().bentoml_home} (serving newest: {tag})")
+    def make(version: str, seed: int) -> None:
+        click.echo(f"training {name}:{version} ({rows} synthetic rows, seed {seed})...")
+        store.save(fit(generate(rows, seed=seed), seed=seed), name=name, version=version)
+
+    ds = _store()
+    stable = None
+    if name in ds.names():
+        state = ds.state(name)
+        if state.status.routing.stable is not None:
+            stable = state.status.routing.stable.version
+        elif state.spec is not None:
+            stable = state.spec.stable.version
+    if stable is None:
+        if not store.exists(f"{name}:v1"):
+            make("v1", 0)
+        stable = "v1"
+    versions = [v["tag"].partition(":")[2] for v in store.list_versions(name)]  # newest first
+    newer = [v for v in versions if v != stable]
+    if not newer or versions.index(newer[0]) > versions.index(stable):
+        candidate = store.next_version(name)
+        make(candidate, len(versions))
     else:
-        click.echo("no model yet: training the demo model (about a minute)...")
-        from training.data import generate
-        from training.train import train as fit
+        candidate = newer[0]
+    return stable, candidate
 
-        tag = store.save(fit(generate(60_000, seed=0), seed=0), name=name, version="v1")
-        click.echo(f"trained {tag}")
-    model, _, version = tag.partition(":")
-    model_url = f"http://127.0.0.1:{model_port}"
-    routes = settings().home / "routes.yaml"
-    routes.write_text(
-        f"# Written by `turnout up`; edit it and the router reloads within a second.\n"
-        f"models:\n  {model}:\n    stable: {{version: {version}, url: '{model_url}'}}\n"
-    )
-    serve_cmd, serve_env = serve_command(tag, host="127.0.0.1", port=model_port)
-    route_cmd = [sys.executable, "-m", "services.router", "--routes", str(routes)]
-    route_cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    # SIGTERM (e.g. from a supervisor) must stop the servers too: turn it into SystemExit so
-    # the cleanup below runs.
+
+@main.command()
+@click.option("--name", default=DEFAULT_MODEL, show_default=True, help="the model")
+@click.option("--port", default=8080, show_default=True, help="the stable endpoint (router)")
+@click.option("--steps", default="10,25,50", show_default=True, help="canary weights")
+@click.option("--interval", default="20s", show_default=True, help="time per canary step")
+@click.option("--rate", default=20.0, show_default=True, help="synthetic requests per second")
+@click.option("--rows", default=60_000, show_default=True, help="rows to train missing models on")
+@click.option("--no-canary", is_flag=True, help="serve stable only; start nothing")
+@click.option("--no-prometheus", is_flag=True, help="judge from direct scrapes")
+def up(
+    name: str,
+    port: int,
+    steps: str,
+    interval: str,
+    rate: float,
+    rows: int,
+    no_canary: bool,
+    no_prometheus: bool,
+) -> None:
+    """Run the local platform with a live canary until Ctrl-C.
+
+    Trains the demo model's versions if missing, serves the stable one behind the router,
+    starts Prometheus (when installed) and the controller, canaries the newer version under
+    light synthetic traffic (with A/B feedback) and shows `turnout status --watch`.
+    """
+    from services.platform import LocalPlatform
+    from turnout.traffic import Traffic, conversion
+
+    stable, candidate = _ensure_versions(name, rows=rows)
+    ds = _store()
+    if name not in ds.names():
+        ctx = click.get_current_context()
+        ctx.invoke(deploy, model=name, version=stable)
+    # SIGTERM (e.g. from a supervisor) must stop the processes too: make it a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    procs = [subprocess.Popen(serve_cmd, env=serve_env)]
-    base = f"http://127.0.0.1:{port}"
+    platform = LocalPlatform(settings().home, port=port, prometheus=not no_prometheus)
+    traffic = None
     try:
-        wait_ready(f"{model_url}/v2/health/ready", timeout=120, process=procs[0])
-        procs.append(subprocess.Popen(route_cmd))
-        wait_ready(f"{base}/v2/health/ready", timeout=60, process=procs[1])
+        click.echo(
+            "starting Prometheus, the controller (it starts the model servers) and the router..."
+        )
+        platform.start()
+        base = platform.url
         body = json.dumps(
             {
                 "inputs": [
@@ -240,26 +259,54 @@ def up(name: str, port: int, model_port: int) -> None:
             }
         )
         click.echo(
-            f"\nturnout is serving {tag} at {base} (router -> model server {model_url})\n\n"
-            f"  curl -si {base}/v2/models/{model}/infer -H 'content-type: application/json' \\\n"
+            f"\nturnout serves {name} at {base}\n\n"
+            f"  curl -si {base}/v2/models/{name}/infer -H 'content-type: application/json' \\\n"
             f"    -H 'x-user-id: alice' -d '{body}'\n\n"
-            f"  routes: {base}/routes (file {routes})   metrics: {base}/metrics, "
-            f"{model_url}/metrics\n"
-            "Ctrl-C stops it."
+            f"  routes {base}/routes   metrics {base}/metrics   "
+            f"prometheus {platform.prometheus_url or '(not installed: direct scrapes)'}\n"
+            f"  state  {settings().home} (deployments/, logs/)\n"
         )
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        traffic = Traffic(base, name, rate=rate, outcome=conversion({}, 0.1)).start()
+        if not no_canary:
+            spec = ds.state(name).spec
+            if spec is not None and spec.candidate is None:
+                ctx = click.get_current_context()
+                ctx.invoke(
+                    deploy,
+                    model=name,
+                    version=candidate,
+                    strategy="canary",
+                    steps=steps,
+                    interval=interval,
+                )
+        click.echo("Ctrl-C stops everything. Showing `turnout status --watch` in 3 s...")
+        time.sleep(3)
+        ctx = click.get_current_context()
+        ctx.invoke(status, name=name, watch=True, as_json=False)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        click.echo("\nstopping...")
+        if traffic is not None:
+            traffic.stop()
+        platform.stop()
+
+
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False), help="state directory (default: new)")
+@click.option("--interval", default="3s", show_default=True, help="canary step / A/B look")
+@click.option("--rate", default=60.0, show_default=True, help="synthetic requests per second")
+def demo(home: str | None, interval: str, rate: float) -> None:
+    """Scripted rollouts that must each behave; exits 0 only if every story did.
+
+    A healthy canary is promoted; candidates with errors, NaN scores or 3x latency are rolled
+    back with the failing numbers; a divergent shadow is blocked; an A/B test with a real
+    lift promotes the candidate and one without ends Inconclusive (or for stable).
+    """
+    from services import demo as stories
+
+    ok = stories.run(home=Path(home) if home else None, interval=interval, rate=rate)
+    sys.exit(0 if ok else 1)
 
 
 # --- ModelDeployments (the local controller acts on them) ------------------------------------
