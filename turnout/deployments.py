@@ -101,8 +101,17 @@ class DeploymentStore:
 
     def save(self, md: ModelDeployment) -> None:
         """Write the user's object (without status, which lives in the state file)."""
-        doc = dump(md)
-        doc.pop("status", None)
+        # Only what differs from the defaults, as a person would write it.
+        doc = {
+            "apiVersion": md.api_version,
+            "kind": md.kind,
+            **md.model_dump(
+                mode="json",
+                by_alias=True,
+                exclude_defaults=True,
+                exclude={"status", "api_version", "kind"},
+            ),
+        }
         text = yaml.safe_dump(doc, sort_keys=False)
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.path(md.metadata.name), text)
