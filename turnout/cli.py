@@ -293,18 +293,40 @@ def up(
 
 
 @main.command()
-@click.option("--home", type=click.Path(file_okay=False), help="state directory (default: new)")
-@click.option("--interval", default="3s", show_default=True, help="canary step / A/B look")
-@click.option("--rate", default=60.0, show_default=True, help="synthetic requests per second")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    help="state directory (default: a new one under $TURNOUT_HOME/demo)",
+)
+@click.option(
+    "--interval",
+    default="3s",
+    show_default=True,
+    help="canary step and A/B look; the shadow mirrors for twice this",
+)
+@click.option(
+    "--rate",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="synthetic requests per second",
+)
 def demo(home: str | None, interval: str, rate: float) -> None:
     """Scripted rollouts that must each behave; exits 0 only if every story did.
 
     A healthy canary is promoted; candidates with errors, NaN scores or 3x latency are rolled
     back with the failing numbers; a divergent shadow is blocked; an A/B test with a real
-    lift promotes the candidate and one without ends Inconclusive (or for stable).
+    lift promotes the candidate and one without ends Inconclusive (or for stable). Runs in
+    its own state directory, so `turnout up`'s deployments are left alone.
     """
     from services import demo as stories
+    from turnout.spec import seconds
 
+    try:
+        if seconds(interval) <= 0:
+            raise ValueError("must be longer than zero")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--interval") from None
     ok = stories.run(home=Path(home) if home else None, interval=interval, rate=rate)
     sys.exit(0 if ok else 1)
 

@@ -102,6 +102,7 @@ def start(directory: Path, *, port: int) -> subprocess.Popen[bytes]:
     exe = binary()
     if exe is None:
         raise FileNotFoundError("prometheus is not on PATH (apt-get install prometheus)")
+    directory = directory.resolve()
     log = open(directory / "prometheus.log", "ab")  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(

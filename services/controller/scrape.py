@@ -102,6 +102,8 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
         start = ordered[b - 1][0]
         count -= counts[b - 1]
         rank -= counts[b - 1]
+    if count == 0:  # q == 0 on an empty first bucket: Go's 0/0, NaN
+        return math.nan
     return start + (end - start) * (rank / count)
 
 

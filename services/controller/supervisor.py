@@ -72,7 +72,7 @@ class Server:
         if self.proc is not None:
             return self.proc.poll() is None
         try:
-            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+            return bool(psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE)
         except psutil.NoSuchProcess:
             return False
 
@@ -215,7 +215,7 @@ def _is_ours(pid: int, tag: str) -> bool:
         env = psutil.Process(pid).environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return env.get("TURNOUT_MODEL") == tag
+    return bool(env.get("TURNOUT_MODEL") == tag)
 
 
 def _terminate(pid: int, timeout: float = 20.0) -> None:
