@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 # Prometheus (Debian package) reads the metrics the controller judges, in `make up` and the
 # integration tests; without it they fall back to scraping the router directly.
 prometheus:
-	command -v prometheus >/dev/null || (apt-get update && apt-get install -y --no-install-recommends prometheus)
+	command -v prometheus >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
 up: $(STAMP) prometheus
 	$(VENV)/bin/turnout up
