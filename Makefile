@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) bench/model_server.py
 	$(PY) bench/router_overhead.py
 	$(PY) bench/shadow_impact.py
+	$(PY) bench/rollback_latency.py
 
 clean:
 	rm -rf $(VENV) .turnout .mypy_cache .ruff_cache .pytest_cache

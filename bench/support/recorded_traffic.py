@@ -1,5 +1,6 @@
 """Steady traffic that keeps a record of every request: when it was sent, when its reply
-arrived and which version answered it.
+arrived, which version answered it and whether the router retried it on stable after the
+candidate failed.
 
 ``turnout.traffic.Traffic`` only counts replies; a benchmark that asks "when did the last
 request reach the candidate?" needs each request's own times. Each thread keeps one keep-alive
@@ -25,6 +26,7 @@ class Reply(NamedTuple):
     status: int  # 0: no reply (connection error or timeout)
     variant: str  # x-turnout-variant
     version: str  # x-turnout-model-version
+    retried: bool  # x-turnout-retried: a failed candidate call, answered by stable
 
 
 class RecordedTraffic:
@@ -110,7 +112,7 @@ class RecordedTraffic:
             resp = conn.getresponse()
             resp.read()
         except (OSError, http.client.HTTPException):
-            self.replies.append(Reply(sent, time.monotonic(), 0, "", ""))
+            self.replies.append(Reply(sent, time.monotonic(), 0, "", "", False))
             self._in_flight[index] = None
             conn.close()
             return None  # a new connection for the next request
@@ -121,6 +123,7 @@ class RecordedTraffic:
                 resp.status,
                 resp.getheader("x-turnout-variant", ""),
                 resp.getheader("x-turnout-model-version", ""),
+                resp.getheader("x-turnout-retried") == "true",
             )
         )
         self._in_flight[index] = None  # after the append: never neither in flight nor recorded

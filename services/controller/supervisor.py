@@ -37,6 +37,9 @@ log = logging.getLogger("turnout.controller")
 PROBE_EVERY_S = 0.25
 #: A server that is not ready after this long is killed and started again.
 START_TIMEOUT_S = 180.0
+#: A version leaving the route table keeps serving this long: the router reloads its table
+#: within 0.2 s, and requests it sends meanwhile should not meet a server shutting down.
+DRAIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Supervisor:
         self.log_dir = home / "logs"
         self.targets_file = targets_file
         self.servers: dict[str, Server] = {}
+        #: Servers no longer wanted, with the time they may be stopped.
+        self.draining: dict[str, tuple[Server, float]] = {}
         self._client = httpx.Client(timeout=0.5)
         self._adopt()
 
@@ -92,11 +97,18 @@ class Supervisor:
     def ensure(self, wanted: Mapping[str, Want]) -> dict[str, str]:
         """Make the servers match ``wanted`` (key -> Want); URLs of those ready, by key."""
         changed = False
+        now = time.monotonic()
         for key in list(self.servers):
             if key not in wanted:
-                self._stop(self.servers.pop(key))
+                self.draining[key] = (self.servers.pop(key), now + DRAIN_S)
                 changed = True
-        now = time.monotonic()
+        for key, (leaving, until) in list(self.draining.items()):
+            if key in wanted:  # wanted again before it stopped: keep it
+                self.servers[key] = self.draining.pop(key)[0]
+            elif now >= until:
+                del self.draining[key]
+                self._stop(leaving)
+                changed = True
         for key, want in wanted.items():
             server = self.servers.get(key)
             if server is None:
@@ -123,7 +135,8 @@ class Supervisor:
         return {k: s.url for k, s in self.servers.items() if s.ready}
 
     def stop_all(self) -> None:
-        servers, self.servers = list(self.servers.values()), {}
+        servers = [*self.servers.values(), *(s for s, _ in self.draining.values())]
+        self.servers, self.draining = {}, {}
         threads = [self._stop(s) for s in servers]
         for t in threads:
             t.join()
@@ -166,9 +179,10 @@ class Supervisor:
     # --- surviving a controller restart ---------------------------------------------------
 
     def _save(self) -> None:
+        alive = {**{k: s for k, (s, _) in self.draining.items()}, **self.servers}
         doc = {
             key: {"tag": s.want.tag, "env": s.want.env, "port": s.port, "pid": s.pid}
-            for key, s in self.servers.items()
+            for key, s in alive.items()
         }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
