@@ -607,6 +607,8 @@ def _abtest(ctx: _Ctx, cand: VersionRef, url: str | None) -> Decision:
     ctx, _, failing = analysed
     if failing:
         return _failed(ctx, failing, interval)
+    if ctx.status.failed_checks:  # guardrails count consecutive failures over a long test
+        ctx = _with_status(ctx, ctx.status.model_copy(update={"failed_checks": 0}))
     metrics = ctx.obs.metrics
     assert metrics is not None
     before = ctx.status.experiment
@@ -779,9 +781,7 @@ def _canary_checks(ctx: _Ctx) -> list[Check] | None:
         _check("errorRate", cand.error_rate, a.max_error_rate, "max", now),
         _check("latencyP99Ms", cand.p99_ms, a.max_latency_p99_ms, "max", now),
     ]
-    ratio = _ratio(cand.p99_ms, stable.p99_ms)
-    if ratio is not None:
-        checks.append(_check("latencyRatio", ratio, a.max_latency_ratio, "max", now))
+    checks += _latency_ratio(a, cand.p99_ms, stable.p99_ms, now)
     if cand.prediction_psi is not None:
         checks.append(
             _check("predictionPsi", cand.prediction_psi, a.max_prediction_psi, "max", now)
@@ -802,14 +802,27 @@ def _shadow_checks(ctx: _Ctx) -> list[Check] | None:
         _check("shadowErrorRate", cand.error_rate, a.max_error_rate, "max", now),
         _check("shadowAgreement", metrics.shadow_agreement, a.min_shadow_agreement, "min", now),
     ]
-    ratio = _ratio(cand.p99_ms, stable.p99_ms)
-    if ratio is not None:
-        checks.append(_check("latencyRatio", ratio, a.max_latency_ratio, "max", now))
+    checks += _latency_ratio(a, cand.p99_ms, stable.p99_ms, now)
     if cand.prediction_psi is not None:
         checks.append(
             _check("predictionPsi", cand.prediction_psi, a.max_prediction_psi, "max", now)
         )
     return checks
+
+
+def _latency_ratio(
+    a: Analysis, candidate: float | None, stable: float | None, now: datetime
+) -> list[Check]:
+    """Candidate p99 over stable p99; a candidate at most ``latencyToleranceMs`` slower passes
+    whatever the ratio (at a few milliseconds, histogram buckets alone differ by 1.5x)."""
+    ratio = _ratio(candidate, stable)
+    if ratio is None:
+        return []
+    check = _check("latencyRatio", ratio, a.max_latency_ratio, "max", now)
+    assert candidate is not None and stable is not None
+    if not check.passed and candidate - stable <= a.latency_tolerance_ms:
+        check = check.model_copy(update={"passed": True})
+    return [check]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

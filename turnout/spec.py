@@ -223,6 +223,8 @@ class Analysis(_Spec):
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     max_latency_p99_ms: float = Field(default=100, gt=0)
     max_latency_ratio: float = Field(default=1.5, gt=0)
+    #: A candidate at most this many ms slower (p99) than stable passes the ratio check.
+    latency_tolerance_ms: float = Field(default=5.0, ge=0)
     max_prediction_psi: float = Field(default=0.25, gt=0)
     min_shadow_agreement: float = Field(default=0.95, ge=0, le=1)
     #: Candidate requests an analysis needs; with fewer the step waits instead of judging.

@@ -373,6 +373,25 @@ def test_failing_check_counts_and_keeps_the_weight(m: Metrics, failing: str) -> 
     assert w.due_at() == (w.now - T0).total_seconds() + 60
 
 
+@pytest.mark.parametrize(
+    ("p99", "stable_p99", "passed"),
+    [
+        (6.0, 3.0, True),  # twice as slow, but only 3 ms: within latencyToleranceMs (5)
+        (9.0, 3.0, False),  # 6 ms slower and 3x: a real slowdown
+        (40.0, 30.0, True),  # 10 ms slower but only 1.33x
+    ],
+)
+def test_latency_ratio_needs_both_ratio_and_milliseconds(
+    p99: float, stable_p99: float, passed: bool
+) -> None:
+    w = canary_at(1)
+    w.analyse(metrics(p99=p99, stable_p99=stable_p99))
+    check = next(c for c in w.status.checks if c.name == "latencyRatio")
+    assert check.value == pytest.approx(p99 / stable_p99)
+    assert check.passed is passed
+    assert (w.status.failed_checks == 0) is passed
+
+
 def test_reaching_max_failed_checks_rolls_back() -> None:
     w = canary_at(1, failed=1)
     d = w.analyse(metrics(error_rate=0.2))
@@ -630,6 +649,22 @@ def test_ab_test_below_min_samples_is_pending() -> None:
     assert "480 per arm so far (decides from 1000)" in w.status.message
     assert d.requeue_after == 60
     assert w.due_at() == 120
+
+
+def test_ab_guardrail_failures_count_only_in_a_row() -> None:
+    """A long experiment must not die of noise spread over many looks."""
+    w = experimenting()
+    noisy = metrics(error_rate=0.05, ab={"stable": arm(10, 0.1), "candidate": arm(10, 0.1)})
+    quiet = ab_metrics(arm(20, 0.1), arm(20, 0.1))
+    for _ in range(3):
+        w.analyse(noisy)
+        assert w.status.failed_checks == 1
+        w.analyse(quiet)
+        assert w.status.failed_checks == 0
+    assert w.status.phase is Phase.EXPERIMENTING
+    w.analyse(noisy)
+    w.analyse(noisy)
+    assert w.status.phase is Phase.ROLLED_BACK
 
 
 def test_ab_candidate_wins_and_is_promoted() -> None:
