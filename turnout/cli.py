@@ -769,5 +769,35 @@ def report(name: str, output: str | None) -> None:
     click.echo(f"wrote {path} ({len(page) // 1024} KiB)")
 
 
+# --- files generated from the models -----------------------------------------------------------
+
+
+@main.group()
+def render() -> None:
+    """Write files generated from turnout/spec.py (checked in; tests fail when they are stale)."""
+
+
+@render.command("crd")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help="default: manifests/crds/modeldeployments.turnout.dev.yaml in the project",
+)
+def render_crd(output: str | None) -> None:
+    """Write the ModelDeployment CustomResourceDefinition."""
+    from turnout.crd import CRD_PATH, crd_yaml
+    from turnout.launch import project_root
+
+    path = Path(output) if output else project_root() / CRD_PATH
+    text = crd_yaml()
+    if path.exists() and path.read_text() == text:
+        click.echo(f"{path} is up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    click.echo(f"wrote {path} (ModelDeployment CRD, {len(text.splitlines())} lines)")
+
+
 if __name__ == "__main__":
     main()

@@ -423,6 +423,11 @@ class ModelDeploymentStatus(_Spec):
 
 
 class Metadata(_Spec):
+    # A live object also carries uid, resourceVersion, managedFields ...: not ours to judge.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
     name: str = Field(min_length=1, max_length=63, pattern=_NAME)
     namespace: str = "default"
     annotations: dict[str, str] = Field(default_factory=dict)
