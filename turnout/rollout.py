@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from turnout import stats
-from turnout.observation import Metrics, MetricsQuery, Observation
+from turnout.observation import Metrics, MetricsQuery, Observation, VersionMetrics
 from turnout.spec import (
     Action,
     Analysis,
@@ -781,12 +781,7 @@ def _canary_checks(ctx: _Ctx) -> list[Check] | None:
         _check("errorRate", cand.error_rate, a.max_error_rate, "max", now),
         _check("latencyP99Ms", cand.p99_ms, a.max_latency_p99_ms, "max", now),
     ]
-    checks += _latency_ratio(a, cand.p99_ms, stable.p99_ms, now)
-    if cand.prediction_psi is not None:
-        checks.append(
-            _check("predictionPsi", cand.prediction_psi, a.max_prediction_psi, "max", now)
-        )
-    return checks
+    return checks + _relative_checks(a, cand, stable, now)
 
 
 def _shadow_checks(ctx: _Ctx) -> list[Check] | None:
@@ -802,27 +797,31 @@ def _shadow_checks(ctx: _Ctx) -> list[Check] | None:
         _check("shadowErrorRate", cand.error_rate, a.max_error_rate, "max", now),
         _check("shadowAgreement", metrics.shadow_agreement, a.min_shadow_agreement, "min", now),
     ]
-    checks += _latency_ratio(a, cand.p99_ms, stable.p99_ms, now)
+    return checks + _relative_checks(a, cand, stable, now)
+
+
+def _relative_checks(
+    a: Analysis, cand: VersionMetrics, stable: VersionMetrics, now: datetime
+) -> list[Check]:
+    """Checks shared by canary and shadow, each only when its numbers exist.
+
+    latencyRatio is candidate p99 over stable p99; a candidate at most ``latencyToleranceMs``
+    slower passes whatever the ratio (at a few milliseconds, histogram buckets alone differ
+    by 1.5x). predictionPsi compares the candidate's live scores with its training reference.
+    """
+    checks = []
+    ratio = _ratio(cand.p99_ms, stable.p99_ms)
+    if ratio is not None:
+        check = _check("latencyRatio", ratio, a.max_latency_ratio, "max", now)
+        assert cand.p99_ms is not None and stable.p99_ms is not None
+        if not check.passed and cand.p99_ms - stable.p99_ms <= a.latency_tolerance_ms:
+            check = check.model_copy(update={"passed": True})
+        checks.append(check)
     if cand.prediction_psi is not None:
         checks.append(
             _check("predictionPsi", cand.prediction_psi, a.max_prediction_psi, "max", now)
         )
     return checks
-
-
-def _latency_ratio(
-    a: Analysis, candidate: float | None, stable: float | None, now: datetime
-) -> list[Check]:
-    """Candidate p99 over stable p99; a candidate at most ``latencyToleranceMs`` slower passes
-    whatever the ratio (at a few milliseconds, histogram buckets alone differ by 1.5x)."""
-    ratio = _ratio(candidate, stable)
-    if ratio is None:
-        return []
-    check = _check("latencyRatio", ratio, a.max_latency_ratio, "max", now)
-    assert candidate is not None and stable is not None
-    if not check.passed and candidate - stable <= a.latency_tolerance_ms:
-        check = check.model_copy(update={"passed": True})
-    return [check]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
