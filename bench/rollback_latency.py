@@ -279,7 +279,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
     env = turnout_env(tmp)
     os.environ.clear()
     os.environ.update(env)  # before turnout is imported: its settings read TURNOUT_HOME once
-    from services.platform import LocalPlatform, free_port
+    from services.controller.supervisor import free_port
+    from services.platform import LocalPlatform
 
     train(tmp, STABLE, seed=0, rows=args.rows)
     train(tmp, CANDIDATE, seed=1, rows=args.rows)

@@ -391,7 +391,8 @@ STORIES = (
 
 
 def play(*, home: Path, interval: str, rate: float) -> bool:
-    from services.platform import LocalPlatform, free_port
+    from services.controller.supervisor import free_port
+    from services.platform import LocalPlatform
     from turnout.deployments import DeploymentStore
     from turnout.traffic import Traffic
 

@@ -12,23 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from services.controller import promserver
+from services.controller.supervisor import free_port
 from turnout.launch import project_root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -142,10 +137,9 @@ class LocalPlatform:
         self.stop()
 
     def _wait(
-        self, ready: object, proc: subprocess.Popen[bytes], timeout: float, what: str
+        self, ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str
     ) -> None:
         deadline = time.monotonic() + timeout
-        assert callable(ready)
         while not ready():
             if proc.poll() is not None:
                 log = self.home / "logs"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from services.controller.supervisor import free_port, terminate
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 90) -> None:
@@ -53,17 +47,7 @@ def kill_tree(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    import psutil
-
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    kill_tree(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=20)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
+    terminate(proc.pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
 

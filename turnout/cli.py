@@ -425,8 +425,6 @@ def deploy(
     name: str | None,
 ) -> None:
     """Roll out VERSION of MODEL; the first deploy of a model makes VERSION its stable."""
-    from training import store as models
-
     name = name or model
     _check_model(f"{model}:{version}")
     ds = _store()
@@ -496,7 +494,6 @@ def deploy(
         "ABTest": f"A/B split {s.ab_test.split:g}% on {s.ab_test.sticky_header}, "
         f"metric {s.ab_test.metric}",
     }[s.type.value]
-    del models
     click.echo(f"{name}: rolling out {version} over {md.spec.stable.version} ({how})")
     click.echo(f"  follow it: turnout status {name} --watch    stop it: turnout rollback {name}")
 

@@ -72,8 +72,6 @@ class LocalController:
         self.poll_s = poll_s
         self._seen: dict[str, _Seen] = {}
         self._routes_text: str | None = None
-        #: ``turnout.dev/action`` annotations read this pass, by deployment.
-        self._actions: dict[str, str] = {}
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -84,24 +82,17 @@ class LocalController:
             stop.wait(self.poll_s)
 
     def run_once(self) -> None:
-        wanted: dict[str, Want] = {}
-        specs: dict[str, tuple[ModelDeploymentSpec, State]] = {}
-        for name in self.store.names():
-            accepted = self._accept(name)
-            if accepted is not None:
-                specs[name] = accepted
-                for version in rollout.served_versions(accepted[0], accepted[1].status):
-                    want = _want(accepted[0], version)
-                    wanted[want.key] = want
-        ready = self.supervisor.ensure(wanted)
+        accepted = [(name, a) for name in self.store.names() if (a := self._accept(name))]
+        # Per deployment, the server each served version needs (version -> Want).
+        wants = {
+            name: {v: _want(spec, v) for v in rollout.served_versions(spec, state.status)}
+            for name, (spec, state, _) in accepted
+        }
+        ready = self.supervisor.ensure({w.key: w for ws in wants.values() for w in ws.values()})
         routes: dict[str, ModelRoute] = {}
-        for name, (spec, state) in specs.items():
-            endpoints = {
-                v: ready[k]
-                for v in rollout.served_versions(spec, state.status)
-                if (k := _want(spec, v).key) in ready
-            }
-            state = self._reconcile(name, spec, state, endpoints)
+        for name, (spec, state, action) in accepted:
+            endpoints = {v: ready[w.key] for v, w in wants[name].items() if w.key in ready}
+            state = self._reconcile(name, spec, state, endpoints, action)
             route = route_for(state.spec or spec, state.status.routing)
             if route is not None:
                 routes[spec.model] = route
@@ -109,8 +100,9 @@ class LocalController:
 
     # --- fetch --------------------------------------------------------------------------
 
-    def _accept(self, name: str) -> tuple[ModelDeploymentSpec, State] | None:
-        """The spec to run: the file's if it validates, else the last good one (with why)."""
+    def _accept(self, name: str) -> tuple[ModelDeploymentSpec, State, str | None] | None:
+        """The spec to run: the file's if it validates, else the last good one (with why);
+        and the ``turnout.dev/action`` annotation, if set."""
         state = self.store.state(name)
         try:
             md = self.store.load(name)
@@ -130,7 +122,7 @@ class LocalController:
                 state = replace(state, status=status, spec_error=message)
                 self.store.save_state(name, state)
                 self._record(name, state, [("Warning", Reason.INVALID_SPEC, message)])
-            return None if state.spec is None else (state.spec, state)
+            return None if state.spec is None else (state.spec, state, None)
         if state.spec != md.spec or state.spec_error is not None:
             generation = state.generation + (state.spec != md.spec)
             status = state.status
@@ -141,19 +133,20 @@ class LocalController:
                 state, spec=md.spec, generation=generation, spec_error=None, status=status
             )
             self.store.save_state(name, state)
-        action = md.metadata.annotations.get(ACTION_ANNOTATION)
-        if action is not None:
-            self._actions[name] = action
-        return md.spec, state
+        return md.spec, state, md.metadata.annotations.get(ACTION_ANNOTATION)
 
     # --- decide and apply -----------------------------------------------------------------
 
     def _reconcile(
-        self, name: str, spec: ModelDeploymentSpec, state: State, endpoints: dict[str, str]
+        self,
+        name: str,
+        spec: ModelDeploymentSpec,
+        state: State,
+        endpoints: dict[str, str],
+        action_text: str | None,
     ) -> State:
         now = self.clock()
         seen = self._seen.setdefault(name, _Seen())
-        action_text = self._actions.pop(name, None)
         moved = seen.spec != spec or seen.endpoints != endpoints or action_text is not None
         if not moved and seen.wake_at is not None and now < seen.wake_at:
             return state

@@ -145,7 +145,7 @@ class Supervisor:
     # --- processes ----------------------------------------------------------------------
 
     def _start(self, want: Want, *, restarts: int = 0) -> Server:
-        port = _free_port()
+        port = free_port()
         cmd, env = serve_command(want.tag, host="127.0.0.1", port=port, env=dict(want.env))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{want.tag.replace(':', '-')}-{port}.log"
@@ -164,7 +164,7 @@ class Supervisor:
     def _stop(self, server: Server) -> threading.Thread:
         """Stop a server and its workers in the background (a rollback must not wait on it)."""
         log.info("stopping %s (port %d)", server.want.key, server.port)
-        thread = threading.Thread(target=_terminate, args=(server.pid,), daemon=True)
+        thread = threading.Thread(target=terminate, args=(server.pid,), daemon=True)
         thread.start()
         if server.proc is not None:
             threading.Thread(target=server.proc.wait, daemon=True).start()  # reap it
@@ -217,7 +217,8 @@ class Supervisor:
         os.replace(tmp, self.targets_file)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port nothing listens on now, on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -232,7 +233,7 @@ def _is_ours(pid: int, tag: str) -> bool:
     return bool(env.get("TURNOUT_MODEL") == tag)
 
 
-def _terminate(pid: int, timeout: float = 20.0) -> None:
+def terminate(pid: int, timeout: float = 20.0) -> None:
     """SIGTERM a server and everything under it (bentoml workers start their own sessions)."""
     try:
         root = psutil.Process(pid)
