@@ -193,9 +193,9 @@ def decide(
     if _new_rollout(ctx, cand):
         ctx = _with_status(ctx, _start(ctx, cand))
     elif ctx.status.phase in SETTLED:
-        # The spec still names a candidate whose rollout has ended (the write-back that clears
-        # it has not landed yet): nothing to do until the spec changes.
-        return _done(ctx, ctx.status, clear_action=stray)
+        # The spec still names a candidate whose rollout has ended: the write-back that clears
+        # it has not landed (it lost to a concurrent edit, or the adapter stopped). Ask again.
+        return _done(ctx, ctx.status, spec=_ended_spec(ctx, cand), clear_action=stray)
 
     if action is Action.ABORT:
         return _rollback(ctx, Reason.ABORTED, "aborted by an operator", warn=True, acted=True)
@@ -328,6 +328,19 @@ def _new_rollout(ctx: _Ctx, cand: VersionRef) -> bool:
     # Same version again after its rollout ended: a new rollout only if the spec was edited
     # since (e.g. `turnout deploy` of the same version after a rollback).
     return status.phase in SETTLED and ctx.generation > status.observed_generation
+
+
+def _ended_spec(ctx: _Ctx, cand: VersionRef) -> ModelDeploymentSpec | None:
+    """The spec an ended rollout of ``cand`` writes back (None: nothing to write)."""
+    status = ctx.status
+    if status.rollout_version != cand.version:
+        return None
+    routed = status.routing.stable
+    if status.phase is Phase.PROMOTED and routed is not None and routed.version == cand.version:
+        return ctx.spec.model_copy(update={"stable": cand, "candidate": None})
+    if status.phase in (Phase.ROLLED_BACK, Phase.FAILED):
+        return ctx.spec.model_copy(update={"candidate": None})
+    return None
 
 
 def _start(ctx: _Ctx, cand: VersionRef) -> ModelDeploymentStatus:
@@ -839,6 +852,18 @@ def _summary(checks: list[Check]) -> str:
         value = "no data" if c.value is None else f"{c.value:.4g}"
         parts.append(f"{c.name} {value} {op} {c.threshold:g}")
     return ", ".join(parts)
+
+
+def spec_validity(
+    status: ModelDeploymentStatus, *, valid: bool, message: str, now: datetime
+) -> ModelDeploymentStatus:
+    """Status with its ``SpecValid`` condition set: False names why the spec was rejected
+    (the last good spec keeps running), True says an edit was accepted again."""
+    if valid:
+        conditions = _condition(status, "SpecValid", "True", Reason.ACCEPTED, message, now)
+    else:
+        conditions = _condition(status, "SpecValid", "False", Reason.INVALID_SPEC, message, now)
+    return status.model_copy(update={"conditions": conditions})
 
 
 # --- plumbing -----------------------------------------------------------------------------

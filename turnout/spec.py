@@ -326,6 +326,7 @@ class Reason(StrEnum):
     RESUMED = "Resumed"  # spec.paused went back to false
     STABLE_CHANGED = "StableChanged"  # spec.stable was edited (rollback or redeploy)
     INVALID_SPEC = "InvalidSpec"  # the spec was rejected; the last good one keeps running
+    ACCEPTED = "Accepted"  # the spec is valid (again) and runs
 
 
 class Target(_Spec):

@@ -30,7 +30,6 @@ from turnout.observation import MetricsProvider, MetricsUnavailable, Observation
 from turnout.spec import (
     ACTION_ANNOTATION,
     Action,
-    Condition,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelRoute,
@@ -116,8 +115,8 @@ class LocalController:
                     name,
                     message,
                 )
-                status = state.status.model_copy(
-                    update={"conditions": _spec_condition(state, "False", message, self.clock())}
+                status = rollout.spec_validity(
+                    state.status, valid=False, message=message, now=self.clock()
                 )
                 state = replace(state, status=status, spec_error=message)
                 self.store.save_state(name, state)
@@ -127,8 +126,9 @@ class LocalController:
             generation = state.generation + (state.spec != md.spec)
             status = state.status
             if state.spec_error is not None:
-                conditions = _spec_condition(state, "True", "spec accepted", self.clock())
-                status = status.model_copy(update={"conditions": conditions})
+                status = rollout.spec_validity(
+                    status, valid=True, message="spec accepted", now=self.clock()
+                )
             state = replace(
                 state, spec=md.spec, generation=generation, spec_error=None, status=status
             )
@@ -243,21 +243,6 @@ def _action(text: str | None) -> Action | None:
     except ValueError:
         log.error("ignoring %s=%r: expected promote or abort", ACTION_ANNOTATION, text)
         return None
-
-
-def _spec_condition(state: State, value: str, message: str, now: datetime) -> list[Condition]:
-    kept = [c for c in state.status.conditions if c.type != "SpecValid"]
-    reason = "Accepted" if value == "True" else Reason.INVALID_SPEC.value
-    cond = Condition.model_validate(
-        {
-            "type": "SpecValid",
-            "status": value,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": now.isoformat(),
-        }
-    )
-    return [*kept, cond]
 
 
 def _visible(old: State, new: State) -> bool:

@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import celpy
-import jsonschema
 import pytest
 import yaml
 from celpy import celtypes
 from click.testing import CliRunner
 
+from tests.k8s.validate import validator
 from turnout.cli import main
 from turnout.crd import CRD_PATH, DURATION_PATTERN, RULES, crd, crd_yaml, defaulted
 from turnout.launch import project_root
@@ -278,38 +278,6 @@ def test_tuples_and_maps() -> None:
 
 
 # --- documents against the schema ---------------------------------------------------------
-
-
-def as_jsonschema(node: dict[str, Any], *, strict: bool = True) -> dict[str, Any]:
-    """Draft 4 form of a structural schema; ``strict`` rejects unknown fields like kubectl."""
-    out = {k: v for k, v in node.items() if k not in ("nullable", "x-kubernetes-validations")}
-    if node.get("nullable"):
-        out["type"] = [node["type"], "null"]
-    if "properties" in node:
-        out["properties"] = {
-            # ObjectMeta has many more fields than the CRD restricts (name only).
-            k: as_jsonschema(v, strict=strict and k != "metadata")
-            for k, v in node["properties"].items()
-        }
-        if strict:
-            out["additionalProperties"] = False
-    if "items" in node:
-        out["items"] = as_jsonschema(node["items"], strict=strict)
-    if isinstance(node.get("additionalProperties"), dict):
-        out["additionalProperties"] = as_jsonschema(node["additionalProperties"], strict=strict)
-    return out
-
-
-_FORMATS = jsonschema.FormatChecker(formats=())
-
-
-@_FORMATS.checks("date-time", raises=ValueError)
-def _date_time(value: object) -> bool:
-    return not isinstance(value, str) or datetime.fromisoformat(value).tzinfo is not None
-
-
-def validator(schema: dict[str, Any]) -> jsonschema.Draft4Validator:
-    return jsonschema.Draft4Validator(as_jsonschema(schema), format_checker=_FORMATS)
 
 
 def crd_errors(doc: dict[str, Any]) -> list[tuple[str, str]]:

@@ -984,7 +984,9 @@ def test_rolled_back_candidate_left_in_the_spec_does_not_restart() -> None:
         again = decide(stale, d.status, obs(*READY), at(s), generation=w.generation - 1)
         assert again.status.phase is Phase.ROLLED_BACK
         assert again.status.routing.candidate is None
-        assert again.events == () and again.spec is None
+        assert again.events == ()
+        # ... and the write-back is asked for again until it lands.
+        assert again.spec == stale.model_copy(update={"candidate": None})
 
 
 def test_same_candidate_after_rollback_restarts_only_on_a_new_generation() -> None:
@@ -1036,6 +1038,7 @@ def test_promotion_holds_while_the_write_back_has_not_landed() -> None:
     assert again.status.routing.stable == Target(version="v2", url=URL["v2"])
     assert again.events == ()
     assert [h.version for h in again.status.history] == ["v2", "v1"]
+    assert again.spec == d.spec, "the write-back is asked for again until it lands"
 
 
 def test_promotion_waits_if_the_candidate_server_went_away() -> None:

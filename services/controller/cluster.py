@@ -1,0 +1,311 @@
+"""The controller in a cluster: fetch → decide → apply for one ModelDeployment.
+
+kopf calls :meth:`ClusterController.reconcile` from its handlers (services/controller/
+operator.py) on every create, update, resume and timer tick, and when one of the
+deployment's InferenceServices changes. One pass:
+
+1. **fetch** the ModelDeployment and its InferenceServices. A spec the CRD admitted but that
+   cannot run (no image for a version, a rule only the models check) gets ``SpecValid=False``
+   and an ``InvalidSpec`` event naming the field; nothing else changes, so the versions
+   serving keep their traffic.
+2. **serve** every version ``served_versions()`` names: create its InferenceService, or patch
+   it back to what the spec says. A version that left the routing is marked retired and
+   deleted ``drain_s`` later, so routers still holding the old table drain onto it.
+3. **decide** with the same pure ``decide()`` as the laptop's loop; only Ready
+   InferenceServices count as endpoints, and metrics are read only when an analysis is due.
+4. **apply**: one status patch (only if the status changed), then a spec write-back when the
+   rollout promoted or ended (with ``resourceVersion``, so a concurrent edit wins and the next
+   pass decides again), the action annotation cleared, and the decision's events.
+
+The status is written before the spec: a promotion recorded in status with the spec still
+naming the candidate is a state ``decide()`` recognises (the write-back is pending); the
+reverse order would read as "candidate removed" and roll back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from turnout import isvc, rollout
+from turnout.kube import Conflict, KubeApi, KubeError, NotFound, Obj
+from turnout.observation import MetricsProvider, MetricsUnavailable, Observation
+from turnout.rollout import Decision
+from turnout.spec import (
+    ACTION_ANNOTATION,
+    Action,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    Reason,
+    SpecError,
+    VersionRef,
+    describe,
+    dump,
+    parse_deployment,
+)
+
+log = logging.getLogger("turnout.operator")
+
+#: Seconds a version keeps its InferenceService after leaving the routing table.
+DRAIN_S = 30.0
+#: Seconds until the next pass after a write that did not land.
+RETRY_S = rollout.RETRY_S
+#: Seconds until the next pass when the spec cannot run (an edit triggers one sooner).
+INVALID_REQUEUE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one pass did, for the operator's metrics and logs."""
+
+    status: ModelDeploymentStatus
+    #: Seconds until this deployment wants another pass (None: it is gone).
+    requeue_after: float | None
+    events: tuple[tuple[str, str, str], ...] = field(default=())
+
+
+@dataclass
+class ClusterController:
+    kube: KubeApi
+    metrics: MetricsProvider
+    #: Where KEDA reads rps and concurrency (spec.serving.autoscalerClass keda).
+    prometheus_url: str | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    drain_s: float = DRAIN_S
+
+    def reconcile(self, namespace: str, name: str) -> Outcome | None:
+        try:
+            obj = self.kube.get_deployment(namespace, name)
+        except NotFound:
+            return None
+        now = self.clock()
+        status = _status(obj)
+        try:
+            md = parse_deployment(obj)
+            _runnable(md.spec)
+        except SpecError as exc:
+            return self._reject(obj, status, str(exc), now)
+        events: list[tuple[str, str, str]] = []
+        if _condition_is(status, "SpecValid", "False"):
+            status = rollout.spec_validity(status, valid=True, message="spec accepted", now=now)
+            events.append(("Normal", Reason.ACCEPTED.value, "spec accepted"))
+        endpoints, drain_s = self._serve(obj, md, status, now)
+        decision = self._decide(md, status, endpoints, now)
+        landed = self._apply(obj, md, status, decision)
+        events += [(e.type, e.reason.value, e.message) for e in decision.events]
+        for type_, reason, message in events:
+            self.kube.emit_event(obj, type=type_, reason=reason, message=message)
+            (log.warning if type_ == "Warning" else log.info)(
+                "%s/%s: %s %s", namespace, name, reason, message
+            )
+        requeue = min(decision.requeue_after, drain_s, RETRY_S if not landed else math.inf)
+        return Outcome(decision.status, requeue, tuple(events))
+
+    def delete(self, namespace: str, name: str) -> list[str]:
+        """The deployment is being deleted: remove its InferenceServices (ownerReferences
+        would too; deleting them now frees the capacity without waiting for the collector)."""
+        removed = []
+        for obj in self.kube.list_inference_services(namespace, isvc.selector(name)):
+            self.kube.delete_inference_service(namespace, obj["metadata"]["name"])
+            removed.append(obj["metadata"]["name"])
+        return removed
+
+    # --- fetch ---------------------------------------------------------------------------
+
+    def _reject(
+        self, obj: Obj, status: ModelDeploymentStatus, message: str, now: datetime
+    ) -> Outcome:
+        meta = obj["metadata"]
+        old = next((c for c in status.conditions if c.type == "SpecValid"), None)
+        if old is not None and old.status == "False" and old.message == message:
+            return Outcome(status, INVALID_REQUEUE_S)  # said already
+        new = rollout.spec_validity(status, valid=False, message=message, now=now)
+        self.kube.patch_deployment_status(meta["namespace"], meta["name"], dump(new))
+        text = f"spec rejected, the versions serving keep their traffic: {message}"
+        self.kube.emit_event(obj, type="Warning", reason=Reason.INVALID_SPEC.value, message=text)
+        log.error("%s/%s: %s", meta["namespace"], meta["name"], text)
+        return Outcome(new, INVALID_REQUEUE_S, (("Warning", Reason.INVALID_SPEC.value, text),))
+
+    # --- serve ---------------------------------------------------------------------------
+
+    def _serve(
+        self, obj: Obj, md: ModelDeployment, status: ModelDeploymentStatus, now: datetime
+    ) -> tuple[dict[str, str], float]:
+        """Make the InferenceServices match the versions to serve. Returns the Ready ones'
+        URLs, and the seconds until a retired one is due for deletion (inf: none)."""
+        meta, spec = obj["metadata"], md.spec
+        namespace = meta["namespace"]
+        existing = {
+            o["metadata"].get("labels", {}).get(isvc.VERSION_LABEL): o
+            for o in self.kube.list_inference_services(namespace, isvc.selector(meta["name"]))
+        }
+        served = rollout.served_versions(spec, status)
+        endpoints: dict[str, str] = {}
+        for version in sorted(served):
+            ref = _ref(spec, status, version)
+            current = existing.get(version)
+            if ref is None:  # routed but gone from the spec and history: keep what runs
+                if current is not None and (url := isvc.ready_url(current)):
+                    endpoints[version] = url
+                continue
+            body = isvc.inference_service(
+                deployment=meta["name"],
+                namespace=namespace,
+                uid=meta.get("uid", ""),
+                spec=spec,
+                ref=ref,
+                prometheus_url=self.prometheus_url,
+            )
+            current = self._ensure(current, body)
+            if current is not None and (url := isvc.ready_url(current)):
+                endpoints[version] = url
+        drain_s = math.inf
+        for version, current in existing.items():
+            if version not in served:
+                drain_s = min(drain_s, self._retire(current, now))
+        return endpoints, drain_s
+
+    def _ensure(self, current: Obj | None, body: Obj) -> Obj | None:
+        meta = body["metadata"]
+        if current is None:
+            try:
+                return self.kube.create_inference_service(body)
+            except Conflict:  # created by a pass that raced this one; the next pass adopts it
+                return None
+        if isvc.outdated(current, body):
+            patch = isvc.update_patch(body)
+            return self.kube.patch_inference_service(meta["namespace"], meta["name"], patch)
+        return current
+
+    def _retire(self, current: Obj, now: datetime) -> float:
+        """Mark a version that left the routing, or delete it once drained; seconds left."""
+        meta = current["metadata"]
+        since = meta.get("annotations", {}).get(isvc.RETIRED_ANNOTATION)
+        if since is None:
+            note = {"metadata": {"annotations": {isvc.RETIRED_ANNOTATION: now.isoformat()}}}
+            self.kube.patch_inference_service(meta["namespace"], meta["name"], note)
+            return self.drain_s
+        left = self.drain_s - (now - datetime.fromisoformat(since)).total_seconds()
+        if left > 0:
+            return left
+        self.kube.delete_inference_service(meta["namespace"], meta["name"])
+        return math.inf
+
+    # --- decide and apply ----------------------------------------------------------------
+
+    def _decide(
+        self,
+        md: ModelDeployment,
+        status: ModelDeploymentStatus,
+        endpoints: dict[str, str],
+        now: datetime,
+    ) -> Decision:
+        metrics, error = None, None
+        query = rollout.analysis_due(md.spec, status, now)
+        if query is not None:
+            try:
+                metrics = self.metrics.observe(query)
+            except MetricsUnavailable as exc:
+                error = str(exc)
+        observation = Observation(endpoints=endpoints, metrics=metrics, metrics_error=error)
+        return rollout.decide(
+            md.spec,
+            status,
+            observation,
+            now,
+            generation=md.metadata.generation,
+            action=_action(md.metadata.annotations.get(ACTION_ANNOTATION)),
+        )
+
+    def _apply(
+        self, obj: Obj, md: ModelDeployment, old: ModelDeploymentStatus, decision: Decision
+    ) -> bool:
+        """Write the decision; False when the spec write-back lost to a concurrent edit."""
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if decision.status != old or not obj.get("status"):
+            meta = self.kube.patch_deployment_status(namespace, name, dump(decision.status))[
+                "metadata"
+            ]
+        patch: dict[str, Any] = {}
+        if decision.spec is not None and decision.spec != md.spec:
+            patch["spec"] = _spec_patch(decision.spec)
+        action = md.metadata.annotations.get(ACTION_ANNOTATION)
+        if action is not None and (decision.clear_action or _action(action) is None):
+            patch["metadata"] = {"annotations": {ACTION_ANNOTATION: None}}
+        if not patch:
+            return True
+        # Our own status write moved resourceVersion; anyone else's write makes this a Conflict.
+        patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]
+        try:
+            self.kube.patch_deployment(namespace, name, patch)
+        except Conflict:
+            log.info("%s/%s changed while deciding; the next pass decides again", namespace, name)
+            return False
+        except KubeError as exc:
+            log.error("%s/%s: spec write-back failed: %s", namespace, name, exc)
+            return False
+        return True
+
+
+def _status(obj: Obj) -> ModelDeploymentStatus:
+    try:
+        return ModelDeploymentStatus.model_validate(obj.get("status") or {})
+    except ValidationError as exc:
+        # Only the operator writes status; an unreadable one starts over rather than stalls.
+        log.error(
+            "%s: unreadable status, starting afresh: %s", obj["metadata"]["name"], describe(exc)
+        )
+        return ModelDeploymentStatus()
+
+
+def _runnable(spec: ModelDeploymentSpec) -> None:
+    """Rules the CRD cannot state because local runs need no image."""
+    for field_name, ref in (("stable", spec.stable), ("candidate", spec.candidate)):
+        if ref is not None and not ref.image:
+            raise SpecError(
+                f"spec.{field_name}.image: required in a cluster: the container image of "
+                f"version {ref.version}'s Bento (e.g. registry.example.com/{spec.model}:"
+                f"{ref.version})"
+            )
+
+
+def _ref(
+    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, version: str
+) -> VersionRef | None:
+    """The version's image: from the spec, else from history (a version still draining)."""
+    for ref in (spec.stable, spec.candidate):
+        if ref is not None and ref.version == version:
+            return ref
+    for entry in status.history:
+        if entry.version == version and entry.image:
+            return VersionRef(version=version, image=entry.image)
+    return None
+
+
+def _spec_patch(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The whole spec as a merge patch: an absent candidate is sent as null to remove it."""
+    out = dump(spec)
+    out["candidate"] = out.get("candidate")
+    return out
+
+
+def _condition_is(status: ModelDeploymentStatus, type_: str, value: str) -> bool:
+    return any(c.type == type_ and c.status == value for c in status.conditions)
+
+
+def _action(text: str | None) -> Action | None:
+    if text is None:
+        return None
+    try:
+        return Action(text)
+    except ValueError:
+        log.error("ignoring %s=%r: expected promote or abort", ACTION_ANNOTATION, text)
+        return None

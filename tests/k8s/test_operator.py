@@ -1,0 +1,517 @@
+"""The operator's kopf handlers, driven step by step against a faked turnout.kube.
+
+No API server runs here: ``FakeKube`` keeps objects in memory with the server's rules that
+matter (merge patches, generation, optimistic locking, owner garbage collection), the real
+client's HTTP layer raises if anything reaches it (``no_http``), and every InferenceService
+the handlers send is validated against KServe's own CRD schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+import pytest
+
+from services.controller.cluster import ClusterController
+from services.controller.operator import Handlers, OperatorMetrics, configure, register
+from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
+from tests.k8s.validate import errors
+from turnout.kube import Conflict
+from turnout.observation import Metrics, MetricsQuery, VersionMetrics
+from turnout.spec import ACTION_ANNOTATION
+
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+NS = "risk"
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.candidate = VersionMetrics(requests=500, error_rate=0.0, p99_ms=10.0)
+        self.queries: list[MetricsQuery] = []
+
+    def observe(self, query: MetricsQuery) -> Metrics:
+        self.queries.append(query)
+        stable = VersionMetrics(requests=5000, error_rate=0.0, p99_ms=10.0)
+        return Metrics(stable=stable, candidate=self.candidate)
+
+
+def deployment(**spec: Any) -> dict[str, Any]:
+    base = {
+        "model": "fraud",
+        "stable": {"version": "v1", "image": "registry.example.com/fraud:v1"},
+        "strategy": {"type": "Canary", "canary": {"steps": [10, 50], "interval": "60s"}},
+    }
+    return {
+        "apiVersion": "turnout.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "fraud", "namespace": NS},
+        "spec": {**base, **spec},
+    }
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.kube = FakeKube(namespace=NS)
+        self.now = T0
+        self.metrics = FakeMetrics()
+        self.operator_metrics = OperatorMetrics()
+        self.controller = ClusterController(
+            kube=self.kube,
+            metrics=self.metrics,
+            prometheus_url="http://prometheus.monitoring:9090",
+            clock=lambda: self.now,
+        )
+        self.handlers = Handlers(self.controller, self.operator_metrics, clock=lambda: self.now)
+
+    # --- what happens in the cluster -------------------------------------------------------
+
+    def create(self, doc: dict[str, Any]) -> None:
+        self.kube.add_deployment(doc)
+        self._run(self.handlers.changed(NS, doc["metadata"]["name"]))
+
+    def edit(self, patch: dict[str, Any], name: str = "fraud") -> None:
+        self.kube.patch_deployment(NS, name, patch)
+        self._run(self.handlers.changed(NS, name))
+
+    def ready(self, version: str, ready: bool = True) -> None:
+        self.kube.set_ready(NS, f"fraud-{version}", ready)
+        self._run(self.handlers.isvc_changed(NS, {"turnout.dev/deployment": "fraud"}))
+
+    def tick(self, after: float = 0.0) -> None:
+        self.now += timedelta(seconds=after)
+        self._run(self.handlers.tick(NS, "fraud"))
+
+    def delete(self, name: str = "fraud") -> None:
+        self.kube.delete_deployment(NS, name)
+        self._run(self.handlers.deleted(NS, name))
+
+    def _run(self, coro: Any) -> None:
+        """Run a handler, then what kopf would run next: an update handler for each change
+        the operator itself made to the spec or annotations (its write-back, a cleared
+        action)."""
+        seen = self._essence()
+        asyncio.run(coro)
+        for _ in range(5):
+            now = self._essence()
+            if now == seen:
+                break
+            seen = now
+            asyncio.run(self.handlers.changed(NS, "fraud"))
+        for (_, name), obj in self.kube.isvcs.items():
+            assert errors(obj) == [], name
+
+    def _essence(self) -> Any:
+        if (NS, "fraud") not in self.kube.deployments:
+            return None
+        obj = self.kube.deployments[(NS, "fraud")]
+        return obj["spec"], obj["metadata"].get("annotations")
+
+    # --- reading back --------------------------------------------------------------------
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.kube.status("fraud")
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.kube.spec("fraud")
+
+    def weight(self) -> float | None:
+        cand = self.status.get("routing", {}).get("candidate")
+        return None if cand is None else cand["weight"]
+
+    def isvc_names(self) -> list[str]:
+        return sorted(name for _, name in self.kube.isvcs)
+
+    def sent_isvcs(self) -> list[dict[str, Any]]:
+        return [
+            b
+            for verb, kind, _, b in self.kube.writes
+            if (verb, kind) == ("create", "InferenceService")
+        ]
+
+    def metric(self, metric: str, **labels: str) -> float | None:
+        return self.operator_metrics.registry.get_sample_value(metric, labels)
+
+
+@pytest.fixture
+def cluster() -> Cluster:
+    return Cluster()
+
+
+def serving(c: Cluster) -> Cluster:
+    """A deployment whose stable v1 is Ready and routed."""
+    c.create(deployment())
+    c.ready("v1")
+    return c
+
+
+# --- create → ready → canary steps → promote ------------------------------------------------
+
+
+def test_a_new_deployment_gets_one_inference_service_and_traffic_once_ready(cluster: Cluster):
+    cluster.create(deployment())
+    assert cluster.isvc_names() == ["fraud-v1"]
+    assert cluster.status.get("routing", {}).get("stable") is None
+    assert "waiting for v1" in cluster.status["message"]
+
+    cluster.ready("v1")
+    stable = cluster.status["routing"]["stable"]
+    assert stable == {
+        "version": "v1",
+        "url": "http://fraud-v1-predictor.risk.svc.cluster.local",
+    }
+    assert cluster.status["phase"] == "Idle"
+    assert (
+        cluster.metric("turnout_modeldeployment_phase", namespace=NS, name="fraud", phase="Idle")
+        == 1
+    )
+
+
+def test_the_inference_service_is_the_bento_on_port_3000_owned_by_the_deployment(cluster: Cluster):
+    cluster.create(deployment())
+    (body,) = cluster.sent_isvcs()
+    meta, predictor = body["metadata"], body["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert container["image"] == "registry.example.com/fraud:v1"
+    assert container["ports"][0]["containerPort"] == 3000
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 3000}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 3000}
+    assert {"name": "TURNOUT_MODEL", "value": "fraud:v1"} in container["env"]
+    assert predictor["annotations"]["prometheus.io/scrape"] == "true"
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    owner = meta["ownerReferences"][0]
+    fraud = cluster.kube.get_deployment(NS, "fraud")
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "ModelDeployment",
+        fraud["metadata"]["uid"],
+        True,
+    )
+    assert meta["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert meta["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("cpu", 70)
+    assert errors(body) == []
+
+
+def test_canary_steps_through_its_weights_and_promotes(cluster: Cluster):
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    assert cluster.isvc_names() == ["fraud-v1", "fraud-v2"]
+    assert cluster.weight() is None, "no traffic before the candidate is Ready"
+
+    cluster.ready("v2")
+    assert (cluster.status["phase"], cluster.weight()) == ("Progressing", 10)
+    cluster.tick(after=30)
+    assert cluster.weight() == 10, "the step lasts its interval"
+    cluster.tick(after=31)
+    assert cluster.weight() == 50
+    cluster.tick(after=61)
+
+    assert cluster.status["phase"] == "Promoted"
+    assert cluster.status["routing"]["stable"]["version"] == "v2"
+    assert cluster.spec["stable"]["version"] == "v2"
+    assert "candidate" not in cluster.spec, "the write-back clears spec.candidate"
+    assert [h["version"] for h in cluster.status["history"]][:2] == ["v2", "v1"]
+    assert cluster.kube.reasons("fraud")[-3:] == ["Started", "StepPassed", "Promoted"]
+    promoted = cluster.kube.events[-1]["message"]
+    assert "errorRate 0" in promoted and "latencyP99Ms 10" in promoted
+    assert (
+        cluster.metric("turnout_rollouts_total", namespace=NS, name="fraud", result="Promoted") == 1
+    )
+
+    # v1 drains for 30 s, then its InferenceService goes.
+    cluster.tick(after=1)
+    assert (
+        "turnout.dev/retired-at" in cluster.kube.isvcs[(NS, "fraud-v1")]["metadata"]["annotations"]
+    )
+    cluster.tick(after=31)
+    assert cluster.isvc_names() == ["fraud-v2"]
+
+
+def test_failing_checks_roll_back_with_the_numbers(cluster: Cluster):
+    serving(cluster)
+    cluster.edit(
+        {
+            "spec": {
+                "candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"},
+                "strategy": {"canary": {"maxFailedChecks": 2}},
+            }
+        }
+    )
+    cluster.ready("v2")
+    cluster.metrics.candidate = VersionMetrics(requests=500, error_rate=0.2, p99_ms=10.0)
+    cluster.tick(after=61)
+    assert (cluster.status["phase"], cluster.status["failedChecks"]) == ("Progressing", 1)
+    cluster.tick(after=61)
+
+    assert cluster.status["phase"] == "RolledBack"
+    assert cluster.weight() is None
+    assert cluster.status["routing"]["stable"]["version"] == "v1"
+    assert "candidate" not in cluster.spec
+    warning = cluster.kube.events[-1]
+    assert (warning["type"], warning["reason"]) == ("Warning", "RolledBack")
+    assert "errorRate 0.2 > 0.01" in warning["message"]
+    assert (
+        cluster.metric("turnout_rollouts_total", namespace=NS, name="fraud", result="RolledBack")
+        == 1
+    )
+    cluster.tick(after=1)
+    cluster.tick(after=31)
+    assert cluster.isvc_names() == ["fraud-v1"]
+
+
+def test_each_pass_patches_status_at_most_once(cluster: Cluster):
+    per_pass: list[int] = []
+    reconcile = cluster.controller.reconcile
+
+    def counted(namespace: str, name: str):
+        before = len(cluster.kube.writes)
+        try:
+            return reconcile(namespace, name)
+        finally:
+            new = cluster.kube.writes[before:]
+            per_pass.append(sum(1 for w in new if w[0] == "patch-status"))
+
+    cluster.controller.reconcile = counted  # type: ignore[method-assign]
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    for _ in range(4):
+        cluster.tick(after=61)
+    assert cluster.status["phase"] == "Promoted"
+    assert len(per_pass) >= 6 and max(per_pass) == 1
+
+
+def test_a_quiet_tick_writes_nothing(cluster: Cluster):
+    serving(cluster)
+    before = len(cluster.kube.writes)
+    cluster.tick(after=120)
+    assert cluster.kube.writes[before:] == []
+
+
+def test_an_operator_action_acts_and_is_cleared(cluster: Cluster):
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    cluster.edit({"metadata": {"annotations": {ACTION_ANNOTATION: "promote"}}})
+    assert cluster.status["phase"] == "Promoted"
+    assert cluster.spec["stable"]["version"] == "v2"
+    annotations = cluster.kube.get_deployment(NS, "fraud")["metadata"].get("annotations", {})
+    assert ACTION_ANNOTATION not in annotations
+
+
+def test_removing_the_candidate_rolls_back_at_once(cluster: Cluster):
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    assert cluster.weight() == 10
+    cluster.edit({"spec": {"candidate": None}})  # what `kubectl patch` of the README sends
+    assert cluster.status["phase"] == "RolledBack"
+    assert cluster.weight() is None
+
+
+def test_a_version_whose_server_stops_being_ready_gets_no_new_traffic(cluster: Cluster):
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2", ready=False)
+    cluster.tick(after=5)
+    assert cluster.weight() is None
+    assert "waiting for v2" in cluster.status["message"]
+
+
+def test_a_spec_edit_patches_the_inference_service_and_waits_for_it_to_be_ready(cluster: Cluster):
+    serving(cluster)
+    cluster.edit({"spec": {"serving": {"resources": {"limits": {"cpu": "4", "memory": "4Gi"}}}}})
+    live = cluster.kube.isvcs[(NS, "fraud-v1")]
+    assert live["spec"]["predictor"]["containers"][0]["resources"]["limits"]["cpu"] == "4"
+    assert live["metadata"]["generation"] == 2
+    # KServe has not caught up with generation 2, but stable keeps its route meanwhile.
+    assert cluster.status["routing"]["stable"]["version"] == "v1"
+
+
+def test_switching_autoscaler_drops_the_old_scaling_fields(cluster: Cluster):
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"serving": {"autoscalerClass": "keda", "scaleMetric": "rps", "scaleTarget": 50}}}
+    )
+    predictor = cluster.kube.isvcs[(NS, "fraud-v1")]["spec"]["predictor"]
+    assert "scaleMetric" not in predictor and "scaleTarget" not in predictor
+    (metric,) = predictor["autoScaling"]["metrics"]
+    assert metric["external"]["metric"]["serverAddress"] == "http://prometheus.monitoring:9090"
+    assert 'version="v1"' in metric["external"]["metric"]["query"]
+
+
+# --- deletion ---------------------------------------------------------------------------------
+
+
+def test_deleting_the_deployment_removes_its_versions(cluster: Cluster):
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    other = deployment()
+    other["metadata"]["name"] = "churn"
+    other["spec"]["model"] = "churn"
+    cluster.kube.add_deployment(other)
+    asyncio.run(cluster.handlers.changed(NS, "churn"))
+    cluster.delete("fraud")
+    assert cluster.isvc_names() == ["churn-v1"]
+    assert (
+        cluster.metric("turnout_modeldeployment_candidate_weight", namespace=NS, name="fraud")
+        is None
+    )
+
+
+def test_every_inference_service_names_its_owner_so_the_collector_removes_it(cluster: Cluster):
+    serving(cluster)
+    uid = cluster.kube.get_deployment(NS, "fraud")["metadata"]["uid"]
+    cluster.kube.delete_deployment(NS, "fraud")  # the operator is down: garbage collection only
+    assert cluster.isvc_names() == []
+    assert all(b["metadata"]["ownerReferences"][0]["uid"] == uid for b in cluster.sent_isvcs())
+
+
+# --- both deployment modes validate against KServe's schema -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("serving_spec", "expect"),
+    [
+        ({}, {"scaleMetric": "cpu"}),
+        ({"scaleMetric": "memory", "scaleTarget": 80}, {"scaleMetric": "memory"}),
+        ({"autoscalerClass": "keda", "scaleMetric": "cpu"}, {"autoScaling": "Resource"}),
+        ({"autoscalerClass": "keda", "scaleMetric": "concurrency"}, {"autoScaling": "External"}),
+        (
+            {"deploymentMode": "Knative", "scaleMetric": "concurrency", "minReplicas": 0},
+            {"scaleMetric": "concurrency", "minReplicas": 0},
+        ),
+        (
+            {"deploymentMode": "Knative", "scaleMetric": "rps", "scaleTarget": 100},
+            {"scaleMetric": "rps"},
+        ),
+    ],
+)
+def test_inference_services_for_each_mode_and_autoscaler_are_valid(
+    cluster: Cluster, serving_spec: dict[str, Any], expect: dict[str, Any]
+):
+    cluster.create(deployment(serving=serving_spec))
+    (body,) = cluster.sent_isvcs()
+    assert errors(body) == []
+    predictor, notes = body["spec"]["predictor"], body["metadata"]["annotations"]
+    mode = serving_spec.get("deploymentMode", "Standard")
+    assert notes["serving.kserve.io/deploymentMode"] == mode
+    if mode == "Knative":
+        assert "serving.kserve.io/autoscalerClass" not in notes
+    for key, value in expect.items():
+        if key == "autoScaling":
+            assert notes["serving.kserve.io/autoscalerClass"] == "keda"
+            assert predictor["autoScaling"]["metrics"][0]["type"] == value
+        else:
+            assert predictor[key] == value
+
+
+def test_an_unknown_field_in_an_inference_service_would_be_rejected():
+    """The schema check above can fail: KServe's schema rejects what it does not know."""
+    c = Cluster()
+    c.create(deployment())
+    body = copy.deepcopy(c.sent_isvcs()[0])
+    body["spec"]["predictor"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/readyz"
+    assert any("paht" in e for e in errors(body))
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_a_candidate_without_an_image_is_refused_and_stable_keeps_serving(cluster: Cluster):
+    serving(cluster)
+    cluster.edit({"spec": {"candidate": {"version": "v2"}}})
+
+    spec_valid = next(c for c in cluster.status["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["status"] == "False"
+    assert "spec.candidate.image" in spec_valid["message"]
+    event = cluster.kube.events[-1]
+    assert (event["type"], event["reason"]) == ("Warning", "InvalidSpec")
+    assert "spec.candidate.image: required in a cluster" in event["message"]
+    assert cluster.isvc_names() == ["fraud-v1"]
+    assert cluster.status["routing"]["stable"]["version"] == "v1"
+
+    before = len(cluster.kube.events)
+    cluster.tick(after=120)
+    assert len(cluster.kube.events) == before, "said once, not every pass"
+
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    spec_valid = next(c for c in cluster.status["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["status"] == "True"
+    assert cluster.isvc_names() == ["fraud-v1", "fraud-v2"]
+
+
+def test_a_spec_the_models_reject_is_named_and_changes_nothing(cluster: Cluster):
+    serving(cluster)
+    cluster.edit({"spec": {"strategy": {"canary": {"steps": [50, 10]}}}})
+    spec_valid = next(c for c in cluster.status["conditions"] if c["type"] == "SpecValid")
+    assert "spec.strategy.canary.steps" in spec_valid["message"]
+    assert cluster.status["routing"]["stable"]["version"] == "v1"
+
+
+def test_a_concurrent_edit_wins_over_the_write_back(cluster: Cluster, monkeypatch):
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    real = cluster.kube.patch_deployment
+
+    def edited_meanwhile(namespace: str, name: str, patch: dict[str, Any]):
+        if "resourceVersion" in patch.get("metadata", {}):
+            raise Conflict(409, "the object has been modified")
+        return real(namespace, name, patch)
+
+    monkeypatch.setattr(cluster.kube, "patch_deployment", edited_meanwhile)
+    cluster.tick(after=61)
+    cluster.tick(after=61)
+    assert cluster.status["phase"] == "Promoted"
+    assert cluster.spec["candidate"]["version"] == "v2", "the write-back did not land"
+    monkeypatch.setattr(cluster.kube, "patch_deployment", real)
+    cluster.tick(after=2)
+    assert cluster.spec["stable"]["version"] == "v2"
+    assert "candidate" not in cluster.spec
+    assert cluster.status["routing"]["stable"]["version"] == "v2"
+
+
+# --- kopf wiring ------------------------------------------------------------------------------
+
+
+def test_handlers_are_registered_for_every_trigger():
+    registry = kopf.OperatorRegistry()
+    register(Handlers(Cluster().controller, OperatorMetrics()), registry)
+    changing = registry._changing.get_all_handlers()
+    reasons = sorted({str(r) for h in changing for r in (h.reason,) if r is not None})
+    assert {"create", "update", "resume", "delete"} <= {
+        r.split(".")[-1].lower() for r in reasons
+    } | {"resume" for h in changing if h.initial}
+    assert registry._spawning.get_all_handlers(), "a timer per ModelDeployment"
+    assert registry._watching.get_all_handlers(), "InferenceService events reach the owner"
+
+
+def test_only_one_replica_acts_and_kopf_keeps_out_of_status():
+    settings = kopf.OperatorSettings()
+    configure(settings, peering="turnout", clusterwide=True)
+    assert settings.peering.mandatory and settings.peering.name == "turnout"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
