@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from urllib3.exceptions import HTTPError
+
 from turnout.crd import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("turnout.kube")
@@ -168,7 +170,7 @@ class Kube:
                 yield WatchEvent(kind, obj)
         except ApiException as exc:
             raise _error(exc) from None
-        except OSError as exc:  # urllib3's connection errors are OSErrors
+        except (OSError, HTTPError) as exc:
             raise KubeError(0, f"watch interrupted: {exc}") from None
 
     def patch_deployment(self, namespace: str, name: str, patch: Obj) -> Obj:
@@ -271,8 +273,10 @@ class Kube:
             "lastTimestamp": now.isoformat(),
             "count": 1,
         }
-        try:
-            self._call(self._core.create_namespaced_event, meta["namespace"], body)
+        try:  # the reply is not needed: skip parsing it into the client's models
+            self._call(
+                self._core.create_namespaced_event, meta["namespace"], body, _preload_content=False
+            )
         except KubeError as exc:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
 
@@ -283,7 +287,7 @@ class Kube:
             out = func(*args, **kwargs)
         except ApiException as exc:
             raise _error(exc) from None
-        except OSError as exc:
+        except (OSError, HTTPError) as exc:  # urllib3's errors are not OSErrors
             raise KubeError(0, f"API server unreachable: {exc}") from None
         if hasattr(out, "to_dict"):  # a typed model (core API): the JSON it stands for
             out = self._client.sanitize_for_serialization(out)

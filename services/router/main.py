@@ -1,25 +1,44 @@
-"""Run the router: uvicorn (uvloop, httptools) around the ASGI app, fed by a route file."""
+"""Run the router: uvicorn (uvloop, httptools) around the ASGI app, fed by a route source.
+
+Two sources: a route file (``--routes``), refused at start when bad, since there is no good
+table to keep; or the cluster's ModelDeployments (``--kube``), where the router starts at once
+and answers "not ready" until the first table arrives.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
 from services.http import BodyLimit, Receive, Scope, Send
 from services.router.app import Router
 from services.router.file_source import FileRouteSource
+from services.router.kube_source import KubeRouteSource
+from turnout.kube import Kube, KubeApi, KubeError
 from turnout.settings import settings
-from turnout.spec import SpecError
+from turnout.spec import RouteTable, SpecError
+
+log = logging.getLogger("turnout.router")
+
+
+class RouteSource(Protocol):
+    """Where the table comes from; started and stopped with the server."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class _WithSource:
-    """The router app plus its file watcher, started and stopped with the server."""
+    """The router app plus its route source, started and stopped with the server."""
 
-    def __init__(self, router: Router, source: FileRouteSource, max_body: int) -> None:
+    def __init__(self, router: Router, source: RouteSource, max_body: int) -> None:
         self.router = router
         self.source = source
         self.app = BodyLimit(router, max_body)
@@ -39,23 +58,46 @@ class _WithSource:
         await self.app(scope, receive, send)
 
 
-def build(routes: Path) -> _WithSource:
+def _router() -> Router:
     s = settings()
-    router = Router(shadow_max_inflight=s.shadow_max_inflight, log_payloads=s.log_payloads)
+    return Router(shadow_max_inflight=s.shadow_max_inflight, log_payloads=s.log_payloads)
+
+
+def build(routes: Path) -> _WithSource:
+    router = _router()
     router.source = str(routes)
     source = FileRouteSource(routes, on_table=router.set_table, on_error=router.reject_table)
     source.poll()
     if router.table is None:  # refuse to start on a bad file: there is no good table to keep
         raise SpecError(router.last_error or f"{routes}: no route table")
-    return _WithSource(router, source, s.max_body_bytes)
+    return _WithSource(router, source, settings().max_body_bytes)
 
 
-def run(routes: Path, *, host: str, port: int) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    try:
-        app = build(routes)
-    except SpecError as exc:
-        raise SystemExit(f"turnout route: {exc}") from None
+def table_setter(router: Router) -> Callable[[RouteTable | None], None]:
+    """``router.set_table``, plus None: no model is routed, so serve none and be not ready."""
+
+    def apply(table: RouteTable | None) -> None:
+        if table is not None:
+            router.set_table(table)
+            return
+        router.table = None
+        router.loaded_at = datetime.now(UTC)
+        log.warning("route table empty: no ModelDeployment routes traffic; not ready")
+
+    return apply
+
+
+def build_kube(kube: KubeApi, namespaces: Sequence[str] | None) -> _WithSource:
+    """The router fed by ModelDeployments in ``namespaces`` (None: every namespace)."""
+    router = _router()
+    source = KubeRouteSource(
+        kube, namespaces, on_table=table_setter(router), on_error=router.reject_table
+    )
+    router.source = source.description
+    return _WithSource(router, source, settings().max_body_bytes)
+
+
+def _serve(app: _WithSource, *, host: str, port: int) -> None:
     uvicorn.run(
         app,
         host=host,
@@ -71,12 +113,63 @@ def run(routes: Path, *, host: str, port: int) -> None:
     )
 
 
+def _log_to_stdout() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+
+
+def run(routes: Path, *, host: str, port: int) -> None:
+    _log_to_stdout()
+    try:
+        app = build(routes)
+    except SpecError as exc:
+        raise SystemExit(f"turnout route: {exc}") from None
+    _serve(app, host=host, port=port)
+
+
+def run_kube(namespaces: Sequence[str] | None, *, host: str, port: int) -> None:
+    """Serve the routes of the cluster's ModelDeployments.
+
+    ``namespaces``: None watches every namespace; an empty sequence, the current one (the
+    pod's service account namespace, or the kubeconfig context's).
+    """
+    _log_to_stdout()
+    try:
+        kube = Kube.connect()
+    except KubeError as exc:
+        raise SystemExit(f"turnout route: {exc}") from None
+    if namespaces is not None and not namespaces:
+        namespaces = [kube.default_namespace()]
+    _serve(build_kube(kube, namespaces), host=host, port=port)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="turnout route", description=__doc__)
-    parser.add_argument("--routes", type=Path, required=True, help="route table, YAML or JSON")
+    parser = argparse.ArgumentParser(
+        prog="turnout route", description="Run the router: one stable endpoint per model."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--routes", type=Path, help="route table, YAML or JSON")
+    source.add_argument(
+        "--kube", action="store_true", help="route by the cluster's ModelDeployments"
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="with --kube: a namespace to watch, repeatable (default: the current one)",
+    )
+    scope.add_argument(
+        "--all-namespaces", action="store_true", help="with --kube: watch every namespace"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
-    run(args.routes, host=args.host, port=args.port)
+    if args.routes is not None:
+        if args.namespace or args.all_namespaces:
+            parser.error("--namespace and --all-namespaces go with --kube, not --routes")
+        run(args.routes, host=args.host, port=args.port)
+    else:
+        namespaces = None if args.all_namespaces else (args.namespace or [])
+        run_kube(namespaces, host=args.host, port=args.port)
