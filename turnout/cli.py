@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,20 +15,18 @@ from typing import Any
 import click
 import yaml
 
+from turnout import actions
 from turnout.deployments import DeploymentStore, NotFound
 from turnout.launch import serve_command
 from turnout.settings import settings, use_local_model_store
 from turnout.spec import (
-    ACTION_ANNOTATION,
     API_VERSION,
     KIND,
-    Action,
     ModelDeployment,
     ModelDeploymentSpec,
     Phase,
     Reason,
     SpecError,
-    VersionRef,
     dump,
     parse_deployment,
 )
@@ -154,13 +153,38 @@ def serve(tag: str, host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--routes", required=True, type=click.Path(dir_okay=False), help="route table file")
+@click.option("--routes", type=click.Path(dir_okay=False), help="route table file (local)")
+@click.option("--kube", is_flag=True, help="route from the cluster's ModelDeployments")
+@click.option("--namespace", "-n", multiple=True, help="with --kube: watch this namespace")
+@click.option("--all-namespaces", "-A", is_flag=True, help="with --kube: watch every namespace")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
-def route(routes: str, host: str, port: int) -> None:
-    """Run the router: one stable endpoint per model in front of its versions."""
-    cmd = [sys.executable, "-m", "services.router", "--routes", routes, "--host", host]
-    cmd += ["--port", str(port)]
+def route(
+    routes: str | None,
+    kube: bool,
+    namespace: tuple[str, ...],
+    all_namespaces: bool,
+    host: str,
+    port: int,
+) -> None:
+    """Run the router: one stable endpoint per model in front of its versions.
+
+    Locally it reads a route table file (--routes); in a cluster it watches ModelDeployments
+    (--kube) in the current namespace, the ones named, or all of them.
+    """
+    if (routes is None) == (not kube):
+        raise click.UsageError("give exactly one of --routes FILE or --kube")
+    if not kube and (namespace or all_namespaces):
+        raise click.UsageError("--namespace and --all-namespaces go with --kube")
+    if namespace and all_namespaces:
+        raise click.UsageError("give --namespace or --all-namespaces, not both")
+    cmd = [sys.executable, "-m", "services.router", "--host", host, "--port", str(port)]
+    if routes is not None:
+        cmd += ["--routes", routes]
+    else:
+        cmd += ["--kube", *(["--all-namespaces"] if all_namespaces else [])]
+        for ns in namespace:
+            cmd += ["--namespace", ns]
     os.execv(cmd[0], cmd)
 
 
@@ -610,60 +634,49 @@ def _patch(name: str, change: Any) -> ModelDeployment:
         raise click.ClickException(str(exc)) from None
 
 
-def _annotate(name: str, action: Action) -> None:
-    def change(md: ModelDeployment) -> ModelDeployment:
-        if md.spec.candidate is None:
-            raise click.ClickException(f"{name} has no candidate to {action.value}")
-        notes = {**md.metadata.annotations, ACTION_ANNOTATION: action.value}
-        return md.model_copy(
-            update={"metadata": md.metadata.model_copy(update={"annotations": notes})}
-        )
+def _act(name: str, action: Callable[[ModelDeployment], actions.Change]) -> None:
+    """Make an operator action (turnout/actions.py) on the file store and say what it did."""
+    said: list[str] = []
 
-    md = _patch(name, change)
-    assert md.spec.candidate is not None
-    click.echo(
-        f"{name}: {action.value} of {md.spec.candidate.version} requested "
-        f"(annotation {ACTION_ANNOTATION}={action.value})"
-    )
+    def change(md: ModelDeployment) -> ModelDeployment:
+        try:
+            done = action(md)
+        except actions.ActionError as exc:
+            raise click.ClickException(str(exc)) from None
+        said[:] = done.said
+        return actions.apply(md, done)
+
+    _patch(name, change)
+    for line in said:
+        click.echo(f"{name}: {line}")
 
 
 @main.command()
 @click.argument("name")
 def promote(name: str) -> None:
     """Promote the candidate now, skipping the remaining steps."""
-    _annotate(name, Action.PROMOTE)
+    _act(name, lambda md: actions.promote(md.spec, name=name))
 
 
 @main.command()
 @click.argument("name")
 def abort(name: str) -> None:
     """Roll the candidate back now (it stays in history as rolled back)."""
-    _annotate(name, Action.ABORT)
-
-
-def _set_paused(name: str, paused: bool) -> None:
-    def change(md: ModelDeployment) -> ModelDeployment:
-        return md.model_copy(update={"spec": md.spec.model_copy(update={"paused": paused})})
-
-    _patch(name, change)
-    click.echo(
-        f"{name}: {'paused; weights frozen' if paused else 'resumed'} "
-        f"(spec.paused={str(paused).lower()})"
-    )
+    _act(name, lambda md: actions.abort(md.spec, name=name))
 
 
 @main.command()
 @click.argument("name")
 def pause(name: str) -> None:
     """Freeze the rollout's weights; no analysis runs until resume."""
-    _set_paused(name, True)
+    _act(name, lambda md: actions.pause(md.spec))
 
 
 @main.command()
 @click.argument("name")
 def resume(name: str) -> None:
     """Continue a paused rollout (the current step's interval starts again)."""
-    _set_paused(name, False)
+    _act(name, lambda md: actions.resume(md.spec))
 
 
 @main.command()
@@ -676,40 +689,7 @@ def rollback(name: str, to: str | None) -> None:
     (or with --to), stable goes back to the previous (or the named) version from history.
     """
     history = _store().state(name).status.history
-    said: list[str] = []
-
-    def change(md: ModelDeployment) -> ModelDeployment:
-        spec = md.spec
-        said.clear()
-        if spec.candidate is not None:
-            said.append(
-                f"removed candidate {spec.candidate.version}; "
-                f"{spec.stable.version} serves all traffic"
-            )
-            spec = spec.model_copy(update={"candidate": None})
-            if to is None:
-                return md.model_copy(update={"spec": spec})
-        past = [h for h in history if h.version != spec.stable.version]
-        if to is not None:
-            past = [h for h in past if h.version == to]
-            if not past:
-                known = ", ".join(sorted({h.version for h in history})) or "none"
-                raise click.ClickException(
-                    f"{to!r} is not a past stable version of {name} (history: {known})"
-                )
-        if not past:
-            raise click.ClickException(f"{name} has no earlier stable version to roll back to")
-        target = past[0]
-        ref = VersionRef(version=target.version, image=target.image)
-        said.append(
-            f"stable {spec.stable.version} -> {target.version} "
-            f"(served as stable since {target.promoted_at:%Y-%m-%d %H:%M})"
-        )
-        return md.model_copy(update={"spec": spec.model_copy(update={"stable": ref})})
-
-    _patch(name, change)
-    for line in said:
-        click.echo(f"{name}: {line}")
+    _act(name, lambda md: actions.rollback(md.spec, name=name, history=history, to=to))
 
 
 @main.command()
@@ -794,6 +774,18 @@ def render_crd(output: str | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     click.echo(f"wrote {path} (ModelDeployment CRD, {len(text.splitlines())} lines)")
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def operator(args: tuple[str, ...]) -> None:
+    """Run the Kubernetes operator (in a cluster; the Helm chart starts it). --help for flags."""
+    from services.controller.operator import main as run
+
+    run(list(args))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,7 +109,8 @@ class Kube:
         """In a pod: the service account. Elsewhere: the kubeconfig, as kubectl reads it."""
         from kubernetes import client, config
 
-        if kubeconfig is None and context is None and _SA_NAMESPACE.exists():
+        explicit = kubeconfig is not None or context is not None or "KUBECONFIG" in os.environ
+        if not explicit and _SA_NAMESPACE.exists():
             config.load_incluster_config()
             return cls(client.ApiClient(), namespace=_SA_NAMESPACE.read_text().strip())
         try:

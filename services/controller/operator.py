@@ -1,4 +1,4 @@
-"""The operator in a cluster: kopf handlers around :class:`ClusterController` (``turnout operator``).
+"""The operator in a cluster: kopf handlers around ClusterController (`turnout operator`).
 
 kopf watches ModelDeployments and the InferenceServices turnout owns, and calls in here:
 
@@ -183,6 +183,9 @@ def configure(settings: kopf.OperatorSettings, *, peering: str, clusterwide: boo
     settings.peering.name = peering
     settings.peering.mandatory = True
     settings.peering.clusterwide = clusterwide
+    # Watching listed namespaces, the operator has no right to list namespaces (least
+    # privilege); kopf need not scan for them.
+    settings.scanning.disabled = not clusterwide
     settings.posting.reporting_component = "turnout-operator"
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 1.0
