@@ -1,4 +1,4 @@
-# turnout's own image: the CLI, and later the operator, router and workflow steps.
+# turnout's own image: the CLI, the operator (`turnout operator`) and the router (`turnout route`).
 # Model versions ship as Bentos (`bentoml build`), not in this image.
 # torch resolves from PyPI by default; point PIP_EXTRA_INDEX_URL at a CPU-only torch index to
 # keep the image small.
