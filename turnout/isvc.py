@@ -46,8 +46,33 @@ HASH_ANNOTATION = "turnout.dev/spec-hash"
 SCALING_FIELDS = ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling")
 
 
+#: Longest InferenceService name: KServe names the predictor's Service ``<name>-predictor``,
+#: which must fit a 63-character DNS label.
+MAX_NAME = 63 - len("-predictor")
+
+
 def name(model: str, version: str) -> str:
     return f"{model}-{version}"
+
+
+def name_problem(model: str, version: str) -> str | None:
+    """Why ``<model>-<version>`` cannot name an InferenceService, or None."""
+    full = name(model, version)
+    if not model[:1].isalpha():
+        return f"InferenceService names start with a letter; model {model!r} does not"
+    if len(full) > MAX_NAME:
+        return (
+            f"InferenceService name {full!r} is {len(full)} characters; KServe allows "
+            f"{MAX_NAME} (model + '-' + version)"
+        )
+    return None
+
+
+def mode(obj: dict[str, Any]) -> str | None:
+    """The deployment mode an InferenceService was created with."""
+    notes = obj.get("metadata", {}).get("annotations") or {}
+    value = notes.get("serving.kserve.io/deploymentMode")
+    return None if value is None else str(value)
 
 
 def selector(deployment: str) -> str:

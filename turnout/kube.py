@@ -31,6 +31,8 @@ log = logging.getLogger("turnout.kube")
 KSERVE_GROUP = "serving.kserve.io"
 KSERVE_VERSION = "v1beta1"
 KSERVE_PLURAL = "inferenceservices"
+#: Seconds any API call may take: a hung connection must not hold a reconcile forever.
+REQUEST_TIMEOUT_S = 30.0
 #: Who posts the events, as ``kubectl describe`` shows it.
 COMPONENT = "turnout-operator"
 #: Where a pod finds its own namespace.
@@ -162,6 +164,8 @@ class Kube:
             resource_version=resource_version,
             timeout_seconds=timeout_s,
             allow_watch_bookmarks=True,
+            # The server ends the watch at timeout_s; a half-open connection must end too.
+            _request_timeout=(REQUEST_TIMEOUT_S, timeout_s + REQUEST_TIMEOUT_S),
         )
         try:
             for event in stream:
@@ -285,6 +289,7 @@ class Kube:
     def _call(self, func: Any, *args: Any, **kwargs: Any) -> Obj:
         from kubernetes.client.exceptions import ApiException
 
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
         try:
             out = func(*args, **kwargs)
         except ApiException as exc:

@@ -50,6 +50,11 @@ def connect(*, kubeconfig: str | None, context: str | None) -> KubeApi:
     return Kube.connect(kubeconfig=kubeconfig, context=context)
 
 
+def clock() -> datetime:
+    """Now, for ages in the status views (tests replace this function)."""
+    return datetime.now(UTC)
+
+
 class PluginError(click.ClickException):
     """A one-line failure, printed the way kubectl prints its own (``error: ...``)."""
 
@@ -167,7 +172,7 @@ def status(ctx: click.Context, name: str | None) -> None:
     if name is not None and all_namespaces:
         raise click.UsageError("NAME is looked up in one namespace: use -n, not -A")
     session = _session(ctx)
-    now = datetime.now(UTC)
+    now = clock()
     if name is not None:
         click.echo(detail(_read(session, name), now=now))
         return

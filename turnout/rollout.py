@@ -866,6 +866,22 @@ def spec_validity(
     return status.model_copy(update={"conditions": conditions})
 
 
+def serving_sync(
+    status: ModelDeploymentStatus, *, problems: list[str], now: datetime
+) -> ModelDeploymentStatus:
+    """Status with its ``Synced`` condition: False names each InferenceService that could not
+    be brought to what the spec says (the versions already serving keep serving)."""
+    if problems:
+        conditions = _condition(
+            status, "Synced", "False", Reason.SYNC_FAILED, "; ".join(problems), now
+        )
+    else:
+        conditions = _condition(
+            status, "Synced", "True", Reason.SYNCED, "every version is as the spec says", now
+        )
+    return status.model_copy(update={"conditions": conditions})
+
+
 # --- plumbing -----------------------------------------------------------------------------
 
 

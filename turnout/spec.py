@@ -327,6 +327,8 @@ class Reason(StrEnum):
     STABLE_CHANGED = "StableChanged"  # spec.stable was edited (rollback or redeploy)
     INVALID_SPEC = "InvalidSpec"  # the spec was rejected; the last good one keeps running
     ACCEPTED = "Accepted"  # the spec is valid (again) and runs
+    SYNCED = "Synced"  # every served version's InferenceService is as the spec says
+    SYNC_FAILED = "SyncFailed"  # an InferenceService could not be created, changed or removed
 
 
 class Target(_Spec):
@@ -484,6 +486,11 @@ def dump(model: BaseModel) -> dict[str, Any]:
 
 def route_for(spec: ModelDeploymentSpec, routing: Routing) -> ModelRoute | None:
     """The router's entry for one model, derived from ``status.routing``."""
+    return route_from(routing, spec.fallback)
+
+
+def route_from(routing: Routing, fallback: Fallback) -> ModelRoute | None:
+    """The router's entry from ``status.routing`` and the fallback; None before stable routes."""
     if routing.stable is None:
         return None
     candidate = shadow = None
@@ -503,7 +510,7 @@ def route_for(spec: ModelDeploymentSpec, routing: Routing) -> ModelRoute | None:
         shadow=shadow,
         sticky_header=routing.sticky_header,
         salt=routing.salt,
-        fallback=spec.fallback,
+        fallback=fallback,
     )
 
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from turnout import isvc, rollout
+from turnout import actions, isvc, rollout
 from turnout.kube import Conflict, KubeApi, KubeError, NotFound, Obj
 from turnout.observation import MetricsProvider, MetricsUnavailable, Observation
 from turnout.rollout import Decision
@@ -66,8 +66,8 @@ class Outcome:
     """What one pass did, for the operator's metrics and logs."""
 
     status: ModelDeploymentStatus
-    #: Seconds until this deployment wants another pass (None: it is gone).
-    requeue_after: float | None
+    #: Seconds until this deployment wants another pass.
+    requeue_after: float
     events: tuple[tuple[str, str, str], ...] = field(default=())
 
 
@@ -88,7 +88,8 @@ class ClusterController:
         now = self.clock()
         status = _status(obj)
         try:
-            md = parse_deployment(obj)
+            # Status is ours and read leniently above; a bad one is not the user's spec error.
+            md = parse_deployment({k: v for k, v in obj.items() if k != "status"})
             _runnable(md.spec)
         except SpecError as exc:
             return self._reject(obj, status, str(exc), now)
@@ -96,8 +97,9 @@ class ClusterController:
         if _condition_is(status, "SpecValid", "False"):
             status = rollout.spec_validity(status, valid=True, message="spec accepted", now=now)
             events.append(("Normal", Reason.ACCEPTED.value, "spec accepted"))
-        endpoints, drain_s = self._serve(obj, md, status, now)
+        endpoints, drain_s, problems = self._serve(obj, md, status, now)
         decision = self._decide(md, status, endpoints, now)
+        decision = _with_sync(decision, status, problems, now, events)
         landed = self._apply(obj, md, status, decision)
         events += [(e.type, e.reason.value, e.message) for e in decision.events]
         for type_, reason, message in events:
@@ -137,9 +139,10 @@ class ClusterController:
 
     def _serve(
         self, obj: Obj, md: ModelDeployment, status: ModelDeploymentStatus, now: datetime
-    ) -> tuple[dict[str, str], float]:
+    ) -> tuple[dict[str, str], float, list[str]]:
         """Make the InferenceServices match the versions to serve. Returns the Ready ones'
-        URLs, and the seconds until a retired one is due for deletion (inf: none)."""
+        URLs, the seconds until a retired one is due for deletion (inf: none), and what could
+        not be done (one failing version must not stop the others, nor a rollback)."""
         meta, spec = obj["metadata"], md.spec
         namespace = meta["namespace"]
         existing = {
@@ -148,6 +151,7 @@ class ClusterController:
         }
         served = rollout.served_versions(spec, status)
         endpoints: dict[str, str] = {}
+        problems: list[str] = []
         for version in sorted(served):
             ref = _ref(spec, status, version)
             current = existing.get(version)
@@ -163,22 +167,40 @@ class ClusterController:
                 ref=ref,
                 prometheus_url=self.prometheus_url,
             )
-            current = self._ensure(current, body)
+            try:
+                current = self._ensure(current, body)
+            except KubeError as exc:
+                problems.append(f"InferenceService {body['metadata']['name']}: {exc}")
             if current is not None and (url := isvc.ready_url(current)):
                 endpoints[version] = url
         drain_s = math.inf
         for version, current in existing.items():
             if version not in served:
-                drain_s = min(drain_s, self._retire(current, now))
-        return endpoints, drain_s
+                try:
+                    drain_s = min(drain_s, self._retire(current, now))
+                except KubeError as exc:
+                    problems.append(f"InferenceService {current['metadata']['name']}: {exc}")
+        return endpoints, drain_s, problems
 
     def _ensure(self, current: Obj | None, body: Obj) -> Obj | None:
         meta = body["metadata"]
         if current is None:
             try:
                 return self.kube.create_inference_service(body)
-            except Conflict:  # created by a pass that raced this one; the next pass adopts it
-                return None
+            except Conflict:
+                # We list by our labels, so the name is taken by an object we do not manage.
+                raise KubeError(
+                    409,
+                    f"an InferenceService named {meta['name']} already exists in "
+                    f"{meta['namespace']} and is not managed by this ModelDeployment",
+                ) from None
+        if isvc.mode(current) not in (None, isvc.mode(body)):
+            # KServe refuses to change a running InferenceService's mode.
+            raise KubeError(
+                422,
+                f"runs in {isvc.mode(current)} mode and KServe cannot switch it to "
+                f"{isvc.mode(body)}; roll out a new version to serve in {isvc.mode(body)} mode",
+            )
         if isvc.outdated(current, body):
             patch = isvc.update_patch(body)
             return self.kube.patch_inference_service(meta["namespace"], meta["name"], patch)
@@ -236,7 +258,9 @@ class ClusterController:
             ]
         patch: dict[str, Any] = {}
         if decision.spec is not None and decision.spec != md.spec:
-            patch["spec"] = _spec_patch(decision.spec)
+            # Map keys the new spec drops are nulled: a promoted stable must not inherit the
+            # old stable's env.
+            patch.update(actions.merge_patch(md.spec, actions.Change(spec=decision.spec)))
         action = md.metadata.annotations.get(ACTION_ANNOTATION)
         if action is not None and (decision.clear_action or _action(action) is None):
             patch["metadata"] = {"annotations": {ACTION_ANNOTATION: None}}
@@ -267,9 +291,13 @@ def _status(obj: Obj) -> ModelDeploymentStatus:
 
 
 def _runnable(spec: ModelDeploymentSpec) -> None:
-    """Rules the CRD cannot state because local runs need no image."""
+    """Rules the CRD does not state: local runs need no image and name no InferenceService."""
     for field_name, ref in (("stable", spec.stable), ("candidate", spec.candidate)):
-        if ref is not None and not ref.image:
+        if ref is None:
+            continue
+        if problem := isvc.name_problem(spec.model, ref.version):
+            raise SpecError(f"spec.{field_name}.version: {problem}")
+        if not ref.image:
             raise SpecError(
                 f"spec.{field_name}.image: required in a cluster: the container image of "
                 f"version {ref.version}'s Bento (e.g. registry.example.com/{spec.model}:"
@@ -290,11 +318,21 @@ def _ref(
     return None
 
 
-def _spec_patch(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """The whole spec as a merge patch: an absent candidate is sent as null to remove it."""
-    out = dump(spec)
-    out["candidate"] = out.get("candidate")
-    return out
+def _with_sync(
+    decision: Decision,
+    old: ModelDeploymentStatus,
+    problems: list[str],
+    now: datetime,
+    events: list[tuple[str, str, str]],
+) -> Decision:
+    """The decision with the Synced condition set; a Warning event when problems change."""
+    status = rollout.serving_sync(decision.status, problems=problems, now=now)
+    before = next((c for c in old.conditions if c.type == "Synced"), None)
+    if problems and (
+        before is None or before.status != "False" or before.message != "; ".join(problems)
+    ):
+        events.append(("Warning", Reason.SYNC_FAILED.value, "; ".join(problems)))
+    return replace(decision, status=status)
 
 
 def _condition_is(status: ModelDeploymentStatus, type_: str, value: str) -> bool:

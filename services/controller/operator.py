@@ -42,6 +42,8 @@ log = logging.getLogger("turnout.operator")
 
 #: Seconds between timer ticks; a tick runs a pass only when the deployment asked for one.
 TICK_S = 1.0
+#: Prefix of kopf's bookkeeping annotations.
+KOPF_PREFIX = f"kopf.{GROUP}"
 #: Results counted in turnout_rollouts_total.
 RESULTS = (Phase.PROMOTED, Phase.ROLLED_BACK, Phase.FAILED)
 
@@ -86,7 +88,8 @@ class OperatorMetrics:
         self.weight.labels(*key).set(candidate.weight if candidate is not None else 0.0)
 
     def forget(self, key: Key) -> None:
-        self._phases.pop(key, None)
+        if self._phases.pop(key, None) is None:
+            return  # never observed: no series to remove
         for p in Phase:
             self.phase.remove(*key, p.value)
         for result in RESULTS:
@@ -127,6 +130,9 @@ class Handlers:
         key = (namespace, name)
         removed = await asyncio.to_thread(self.controller.delete, namespace, name)
         log.info("%s/%s deleted; removed %s", namespace, name, ", ".join(removed) or "nothing")
+        self._forget(key)
+
+    def _forget(self, key: Key) -> None:
         self._wake.pop(key, None)
         self._locks.pop(key, None)
         self.metrics.forget(key)
@@ -135,8 +141,8 @@ class Handlers:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             outcome = await asyncio.to_thread(self.controller.reconcile, *key)
-        if outcome is None or outcome.requeue_after is None:
-            self._wake.pop(key, None)
+        if outcome is None:  # deleted meanwhile: stop reporting it
+            self._forget(key)
             return
         self._wake[key] = self.clock() + timedelta(seconds=outcome.requeue_after)
         self.metrics.observe(key, outcome)
@@ -155,10 +161,19 @@ def register(handlers: Handlers, registry: kopf.OperatorRegistry) -> None:
     async def on_tick(namespace: str | None, name: str, **_: Any) -> None:
         await handlers.tick(namespace or "", name)
 
-    # optional: no finalizer, so deleting a ModelDeployment never waits for the operator.
-    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
-    async def on_delete(namespace: str | None, name: str, **_: Any) -> None:
-        await handlers.deleted(namespace or "", name)
+    # Deletion as a plain event, not kopf.on.delete: no finalizer, so deleting a
+    # ModelDeployment never waits for the operator (owner references remove its versions).
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def on_deployment_event(
+        namespace: str | None, name: str, type: str | None, **_: Any
+    ) -> None:
+        if type == "DELETED":
+            await handlers.deleted(namespace or "", name)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials as turnout/kube.py: in-cluster service account or kubeconfig.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(
         KSERVE_GROUP,
@@ -176,9 +191,11 @@ def register(handlers: Handlers, registry: kopf.OperatorRegistry) -> None:
 
 def configure(settings: kopf.OperatorSettings, *, peering: str, clusterwide: bool) -> None:
     """Keep kopf's bookkeeping in annotations (the CRD's status schema has no room for it)."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # Not GROUP itself: kopf leaves its own prefix out of the diff it reacts to, and the
+    # turnout.dev/action annotation must trigger an update at once.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.peering.name = peering
     settings.peering.mandatory = True
@@ -209,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout
     )
+    # kopf logs each timer tick and handler success at INFO: a line a second per deployment.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     run(args)
 
 

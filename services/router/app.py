@@ -83,6 +83,9 @@ class Router:
     def __init__(self, *, shadow_max_inflight: int = 64, log_payloads: bool = False) -> None:
         self.metrics = RouterMetrics()
         self.table: RouteTable | None = None
+        #: The source has loaded and routes no model (a cluster with no ModelDeployment yet):
+        #: ready, answering 404 for every model, rather than failing readiness forever.
+        self.routes_nothing = False
         self.loaded_at: datetime | None = None
         self.source = ""
         self.last_error: str | None = None
@@ -110,6 +113,7 @@ class Router:
             if route.shadow is not None:
                 self.metrics.upstream(name, SHADOW, route.shadow.version)
         self.table = table
+        self.routes_nothing = False
         self.loaded_at = datetime.now(UTC)
         self.last_error = None
         self.metrics.table_loaded.set(time.time())
@@ -151,7 +155,7 @@ class Router:
         elif path == "/v2/health/live" and method == "GET":
             await _respond(send, 200, b'{"live":true}', {"content-type": "application/json"})
         elif path == "/v2/health/ready" and method == "GET":
-            ready = self.table is not None
+            ready = self.table is not None or self.routes_nothing
             await _respond(
                 send,
                 200 if ready else 503,

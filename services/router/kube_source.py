@@ -17,9 +17,10 @@ Two layers, as in the rest of turnout:
   is only ever touched from its own loop. ``run_once()`` runs one step of every scope on the
   caller's thread (callbacks called directly), which is how the tests drive it.
 
-The table handed over is ``None`` when no model is routed (e.g. the last ModelDeployment was
-deleted): a RouteTable needs at least one model, and a router with nothing to serve should not
-claim to be ready.
+The table handed over is ``None`` when no model is routed (none deployed yet, or the last
+ModelDeployment was deleted): a RouteTable needs at least one model. The first list always
+hands a table over, so a fresh install's router becomes ready (answering 404 for every model)
+instead of failing readiness until the first deployment.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from pydantic import ValidationError
 
 from turnout.kube import Gone, KubeApi, KubeError, Obj, WatchEvent
 from turnout.spec import (
+    Fallback,
     ModelRoute,
     RouteTable,
+    Routing,
     SpecError,
     describe,
-    parse_deployment,
-    route_for,
+    route_from,
 )
 
 log = logging.getLogger("turnout.router")
@@ -84,19 +86,37 @@ _ROUTING_FIELD = {"Upstream": "stable", "Candidate": "candidate", "Shadow": "sha
 
 
 def entry_of(obj: Obj) -> Entry:
-    """Validate one ModelDeployment; SpecError reads ``namespace/name: field: problem``."""
+    """What the router needs from one ModelDeployment; SpecError reads
+    ``namespace/name: field: problem``.
+
+    Only ``spec.model``, ``status.routing`` and ``spec.fallback`` matter here. The rest of the
+    spec is the operator's to judge: a spec edit it rejects keeps the last good routing in
+    status, and a router started after such an edit must still serve it.
+    """
     where = named(key_of(obj))
+    spec = _mapping(obj.get("spec"))
+    model = spec.get("model")
+    if not isinstance(model, str) or not model:
+        raise SpecError(f"{where}: spec.model: a model name is required")
     try:
-        deployment = parse_deployment(obj)
-    except SpecError as exc:
-        raise SpecError(f"{where}: {exc}") from None
+        routing = Routing.model_validate(_mapping(obj.get("status")).get("routing") or {})
+    except ValidationError as exc:
+        raise SpecError(f"{where}: status.routing.{describe(exc)}") from None
     try:
-        route = route_for(deployment.spec, deployment.status.routing)
+        fallback = Fallback.model_validate(spec.get("fallback") or {})
+    except ValidationError:
+        fallback = Fallback()  # the operator reports the spec error; serve with the default
+    try:
+        route = route_from(routing, fallback)
     except ValidationError as exc:  # the status is well-formed but routes somewhere impossible
         prefix = ".".join(("status.routing", _ROUTING_FIELD.get(exc.title, ""))).rstrip(".")
         problems = "; ".join(f"{prefix}.{line}" for line in describe(exc).split("; "))
         raise SpecError(f"{where}: {problems}") from None
-    return Entry(model=deployment.spec.model, route=route)
+    return Entry(model=model.lower(), route=route)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _hand_over(entries: Mapping[Key, Entry], owners: dict[str, Key], model: str) -> None:
@@ -220,6 +240,8 @@ class KubeRouteSource:
         self._lock = threading.Lock()  # one scope's change and hand-over at a time, in order
         self._routes = Routes()
         self._served: RouteTable | None = None
+        #: A table (perhaps None: nothing routed) was handed over at least once.
+        self._synced = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
 
@@ -319,8 +341,8 @@ class KubeRouteSource:
         with self._lock:
             self._routes, errors = change(self._routes)
             table = table_of(self._routes)
-            if table != self._served:
-                self._served = table
+            if table != self._served or not self._synced:
+                self._served, self._synced = table, True
                 self._deliver(self._on_table, table)
             for error in errors:  # after the table: Router.set_table clears its last error
                 log.error("ModelDeployment rejected, its previous route is kept: %s", error)

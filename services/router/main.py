@@ -74,15 +74,16 @@ def build(routes: Path) -> _WithSource:
 
 
 def table_setter(router: Router) -> Callable[[RouteTable | None], None]:
-    """``router.set_table``, plus None: no model is routed, so serve none and be not ready."""
+    """``router.set_table``, plus None: no model is routed (ready, every model 404)."""
 
     def apply(table: RouteTable | None) -> None:
         if table is not None:
             router.set_table(table)
             return
         router.table = None
+        router.routes_nothing = True
         router.loaded_at = datetime.now(UTC)
-        log.warning("route table empty: no ModelDeployment routes traffic; not ready")
+        log.warning("route table empty: no ModelDeployment routes traffic yet")
 
     return apply
 

@@ -191,7 +191,7 @@ def test_router_follows_model_deployments_in_the_cluster(
         stub.push("MODIFIED", deployment(v1_url, v2_url, weight=0))
         until(lambda: infer(client).headers["x-turnout-model-version"] == "v1", "back to v1")
 
-        # The ModelDeployment is deleted: nothing to serve, so not ready.
+        # The ModelDeployment is deleted: the model is no longer served; the router stays up.
         stub.push("DELETED", deployment(v1_url))
-        until(lambda: client.get("/v2/health/ready").status_code == 503, "not ready")
-        assert infer(client).status_code == 404
+        until(lambda: infer(client).status_code == 404, "fraud is not served")
+        assert client.get("/v2/health/ready").status_code == 200

@@ -594,6 +594,11 @@ def test_example_modeldeployments_are_valid(render_values: RenderValues) -> None
         assert errors(obj, crds=crds_of(objs)) == []
         ModelDeploymentSpec.model_validate(obj["spec"])  # the cross-field rules (CEL) too
     fraud, churn, ranking = deployments["fraud"], deployments["churn"], deployments["ranking"]
+    # Created once: an upgrade must not undo the operator's promotions, nor uninstall delete.
+    assert all(
+        o["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        for o in deployments.values()
+    )
     assert fraud["metadata"]["namespace"] == NAMESPACE
     assert fraud["metadata"]["labels"]["team"] == "risk"
     assert (fraud["spec"]["strategy"]["type"], fraud["spec"]["serving"]["autoscalerClass"]) == (

@@ -196,7 +196,7 @@ def test_deployment_without_status_routes_nothing_until_the_controller_writes_it
     ]
     fed = Fed(kube)
     fed.step()
-    assert fed.tables == [] and fed.errors == []  # nothing to route yet: the router stays unready
+    assert fed.tables == [None] and fed.errors == []  # listed, nothing to route yet
     fed.step()
     assert fed.now == {"fraud": "v1"} and fed.errors == []
 
@@ -213,7 +213,7 @@ def test_deleting_the_last_deployment_stops_serving_its_model() -> None:
     assert get(router, "/v2/health/ready").status_code == 200
     source.run_once()
     assert router.table is None
-    assert get(router, "/v2/health/ready").status_code == 503
+    assert get(router, "/v2/health/ready").status_code == 200, "up, serving no model"
     reply = get(router, "/v2/models/fraud/ready")
     assert reply.status_code == 404 and "not found" in reply.json()["error"]
 
@@ -327,8 +327,7 @@ def _set(path: str, value: Any) -> Callable[[Obj], None]:
         ),
         (_set("status.routing.stable.url", "nope"), "prod/fraud: status.routing.stable.url:"),
         (_set("status.routing.weight", 5), "prod/fraud: status.routing.weight: Extra inputs"),
-        (_set("spec.model", "Fraud_Model"), "prod/fraud: spec.model: String should match"),
-        (_set("spec.stable", None), "prod/fraud: spec.stable: Input should be a valid"),
+        (_set("spec.model", None), "prod/fraud: spec.model: a model name is required"),
     ],
 )
 def test_malformed_deployment_is_rejected_and_its_previous_route_kept(
@@ -344,6 +343,19 @@ def test_malformed_deployment_is_rejected_and_its_previous_route_kept(
     fed.step(2)
     assert len(fed.errors) == 1 and fed.errors[0].startswith(reported), fed.errors
     assert fed.now == {"fraud": "v1 + v2@5%", "churn": "v3"}  # others still move
+
+
+def test_a_spec_the_operator_rejects_still_routes_by_its_status() -> None:
+    """The operator keeps the last good routing in status when it rejects a spec edit; a router
+    that starts afterwards (a scale-up, a restart) must serve it too."""
+    rejected = md("fraud", candidate="v2", weight=25)
+    rejected["spec"]["strategy"] = {"canary": {"steps": [50, 10]}}
+    kube = FakeKube(namespace="prod")
+    kube.add_deployment(rejected)
+    fed = Fed(kube)
+    fed.step()
+    assert fed.now == {"fraud": "v1 + v2@25%"}
+    assert fed.errors == []
 
 
 def test_malformed_new_deployment_adds_nothing_and_the_router_says_why() -> None:

@@ -86,6 +86,7 @@ class Plugin:
             return kube
 
         monkeypatch.setattr(kubectl, "connect", connect)
+        monkeypatch.setattr(kubectl, "clock", lambda: NOW)
         monkeypatch.delenv("KUBECONFIG", raising=False)
 
     def __call__(self, *args: str) -> Result:

@@ -53,6 +53,16 @@ def deployment(**spec: Any) -> dict[str, Any]:
     }
 
 
+KOPF = kopf.OperatorSettings()
+configure(KOPF, peering="turnout", clusterwide=True)
+
+
+def essence(obj: dict[str, Any]) -> Any:
+    body = kopf.Body(copy.deepcopy(obj))
+    built = KOPF.persistence.diffbase_storage.build(body=body)
+    return KOPF.persistence.progress_storage.clear(essence=built)
+
+
 class Cluster:
     def __init__(self) -> None:
         self.kube = FakeKube(namespace=NS)
@@ -105,10 +115,10 @@ class Cluster:
             assert errors(obj) == [], name
 
     def _essence(self) -> Any:
+        """What kopf compares to decide an update handler is due, with turnout's settings."""
         if (NS, "fraud") not in self.kube.deployments:
             return None
-        obj = self.kube.deployments[(NS, "fraud")]
-        return obj["spec"], obj["metadata"].get("annotations")
+        return essence(self.kube.deployments[(NS, "fraud")])
 
     # --- reading back --------------------------------------------------------------------
 
@@ -470,6 +480,69 @@ def test_a_spec_the_models_reject_is_named_and_changes_nothing(cluster: Cluster)
     assert cluster.status["routing"]["stable"]["version"] == "v1"
 
 
+def test_a_name_kserve_cannot_take_is_refused_with_the_field(cluster: Cluster):
+    model, version = "fraud-detection-for-card-payments", "v2026-11-21-retrained"
+    cluster.create(deployment(model=model, stable={"version": version, "image": "r/f:1"}))
+    spec_valid = next(c for c in cluster.status["conditions"] if c["type"] == "SpecValid")
+    assert spec_valid["status"] == "False"
+    assert spec_valid["message"] == (
+        f"spec.stable.version: InferenceService name '{model}-{version}' is 55 characters; "
+        "KServe allows 53 (model + '-' + version)"
+    )
+    assert cluster.isvc_names() == []
+
+
+def test_an_inference_service_that_cannot_be_created_is_reported_and_the_rest_goes_on(
+    cluster: Cluster,
+):
+    serving(cluster)
+    # Someone else's InferenceService already has the name fraud-v2.
+    foreign = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService"}
+    foreign["metadata"] = {"name": "fraud-v2", "namespace": NS, "labels": {}, "annotations": {}}
+    cluster.kube.isvcs[(NS, "fraud-v2")] = {**foreign, "spec": {"predictor": {}}}
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+
+    synced = next(c for c in cluster.status["conditions"] if c["type"] == "Synced")
+    assert synced["status"] == "False"
+    assert "fraud-v2 already exists in risk and is not managed by this" in synced["message"]
+    assert cluster.kube.reasons("fraud").count("SyncFailed") == 1
+    assert cluster.status["routing"]["stable"]["version"] == "v1"
+    assert cluster.weight() is None
+    cluster.tick(after=5)
+    assert cluster.kube.reasons("fraud").count("SyncFailed") == 1, "said once"
+    # The operator still acts on the deployment: the candidate can be rolled back.
+    cluster.edit({"spec": {"candidate": None}})
+    assert cluster.status["phase"] == "RolledBack"
+    synced = next(c for c in cluster.status["conditions"] if c["type"] == "Synced")
+    assert synced["status"] == "True"
+
+
+def test_a_running_version_keeps_its_deployment_mode(cluster: Cluster):
+    serving(cluster)
+    cluster.edit({"spec": {"serving": {"deploymentMode": "Knative", "scaleMetric": "rps"}}})
+    live = cluster.kube.isvcs[(NS, "fraud-v1")]
+    assert live["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    synced = next(c for c in cluster.status["conditions"] if c["type"] == "Synced")
+    assert "roll out a new version to serve in Knative mode" in synced["message"]
+    assert cluster.status["routing"]["stable"]["version"] == "v1"
+
+
+def test_a_promoted_stable_does_not_inherit_the_old_stables_env(cluster: Cluster):
+    cluster.create(deployment(stable={"version": "v1", "image": "r/fraud:v1", "env": {"OLD": "1"}}))
+    cluster.ready("v1")
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    cluster.edit({"metadata": {"annotations": {ACTION_ANNOTATION: "promote"}}})
+    assert cluster.spec["stable"]["version"] == "v2"
+    assert cluster.spec["stable"].get("env", {}) == {}
+    env = cluster.kube.isvcs[(NS, "fraud-v2")]["spec"]["predictor"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["TURNOUT_MODEL"]
+
+
 def test_a_concurrent_edit_wins_over_the_write_back(cluster: Cluster, monkeypatch):
     serving(cluster)
     cluster.edit(
@@ -503,11 +576,40 @@ def test_handlers_are_registered_for_every_trigger():
     register(Handlers(Cluster().controller, OperatorMetrics()), registry)
     changing = registry._changing.get_all_handlers()
     reasons = sorted({str(r) for h in changing for r in (h.reason,) if r is not None})
-    assert {"create", "update", "resume", "delete"} <= {
-        r.split(".")[-1].lower() for r in reasons
-    } | {"resume" for h in changing if h.initial}
+    assert {"create", "update", "resume"} <= {r.split(".")[-1].lower() for r in reasons} | {
+        "resume" for h in changing if h.initial
+    }
     assert registry._spawning.get_all_handlers(), "a timer per ModelDeployment"
-    assert registry._watching.get_all_handlers(), "InferenceService events reach the owner"
+    watching = registry._watching.get_all_handlers()
+    assert len(watching) == 2, "deletions, and InferenceService events reaching their owner"
+
+
+def test_an_action_annotation_is_a_change_kopf_reacts_to():
+    obj = Cluster().kube.add_deployment(deployment())
+    annotated = copy.deepcopy(obj)
+    annotated["metadata"]["annotations"] = {ACTION_ANNOTATION: "abort"}
+    assert essence(annotated) != essence(obj)
+    # ... while kopf's own bookkeeping is not.
+    kopf_note = copy.deepcopy(obj)
+    kopf_note["metadata"]["annotations"] = {"kopf.turnout.dev/last-handled-configuration": "{}"}
+    assert essence(kopf_note) == essence(obj)
+
+
+def test_the_operator_logs_in_like_the_rest_of_turnout():
+    registry = kopf.OperatorRegistry()
+    register(Handlers(Cluster().controller, OperatorMetrics()), registry)
+    assert registry._activities.get_all_handlers(), "kopf needs a login handler"
+
+
+def test_a_deployment_gone_before_its_pass_stops_being_reported(cluster: Cluster):
+    serving(cluster)
+    assert cluster.metric("turnout_modeldeployment_phase", namespace=NS, name="fraud", phase="Idle")
+    cluster.kube.delete_deployment(NS, "fraud")
+    cluster.tick(after=120)
+    assert (
+        cluster.metric("turnout_modeldeployment_phase", namespace=NS, name="fraud", phase="Idle")
+        is None
+    )
 
 
 def test_only_one_replica_acts_and_kopf_keeps_out_of_status():
