@@ -1,0 +1,1 @@
+"""Retraining and batch prediction: step functions, the DAG, its local runner, Hera definitions."""
