@@ -17,11 +17,14 @@ RUN groupadd --gid 10001 turnout \
     && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin turnout
 
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt README.md bentofile.yaml ./
 COPY turnout ./turnout
 COPY training ./training
 COPY services ./services
-RUN pip install --no-cache-dir -c constraints.txt . \
+COPY workflows ./workflows
+# Editable, so /app stays the project root: the retrain workflow's package step runs
+# `bentoml build` with /app/bentofile.yaml.
+RUN pip install --no-cache-dir -c constraints.txt -e . \
     && mkdir -p /var/lib/turnout \
     && chown 10001:10001 /var/lib/turnout
 

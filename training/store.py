@@ -4,12 +4,18 @@ A version is a BentoML model ``<name>:<version>`` whose directory holds
 ``weights.safetensors`` (tensors only: loading cannot execute code) and ``architecture.json``;
 its metadata carries metrics, baseline metrics, data fingerprint, parameters, seed, code
 version, feature schema and the drift reference histograms.
+
+A trained model can also be staged in a plain directory first (:func:`write_directory`: the
+same two files plus ``metadata.json``) and registered later (:func:`register_directory`), so a
+retraining pipeline can validate a candidate before anything enters the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,8 @@ from training.train import TrainResult, params_dict  # noqa: E402
 
 WEIGHTS = "weights.safetensors"
 ARCHITECTURE = "architecture.json"
+#: Only in a staged directory; a registered version keeps it in the store's metadata.
+METADATA = "metadata.json"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -72,24 +80,9 @@ def next_version(name: str) -> str:
     return f"v{max(numbers, default=0) + 1}"
 
 
-def save(
-    result: TrainResult,
-    *,
-    name: str,
-    version: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """Register a trained model; returns its tag. Refuses to overwrite an existing version."""
-    version = version or next_version(name)
-    if not _VERSION.match(version):
-        raise ValueError(
-            f"version {version!r} must be 1-63 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    tag = f"{name}:{version}"
-    if exists(tag):
-        raise ValueError(f"model {tag} already exists; choose another --version")
-    metadata = {
+def metadata(result: TrainResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a registered version's metadata says about its training run."""
+    return {
         "metrics": result.metrics,
         "baseline_metrics": result.baseline_metrics,
         "slices": result.slices,
@@ -104,11 +97,92 @@ def save(
         "reference": result.reference,
         **(extra or {}),
     }
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as BentoML metadata, which cannot hold None: such map entries are left out
+    (readers use ``.get``, so an absent key reads as None again)."""
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value if v is not None]
+    return value
+
+
+def _write_model_files(result: TrainResult, path: Path) -> None:
+    save_file(result.net.state_dict(), str(path / WEIGHTS))
+    (path / ARCHITECTURE).write_text(json.dumps(result.arch.to_dict(), indent=2))
+
+
+def _checked_tag(name: str, version: str | None) -> str:
+    version = version or next_version(name)
+    if not _VERSION.match(version):
+        raise ValueError(
+            f"version {version!r} must be 1-63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    tag = f"{name}:{version}"
+    if exists(tag):
+        raise ValueError(f"model {tag} already exists; choose another --version")
+    return tag
+
+
+def save(
+    result: TrainResult,
+    *,
+    name: str,
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Register a trained model; returns its tag. Refuses to overwrite an existing version."""
+    tag = _checked_tag(name, version)
     with bentoml.models.create(
-        tag, labels={"framework": "torch", "task": "fraud"}, metadata=metadata
+        tag,
+        labels={"framework": "torch", "task": "fraud"},
+        metadata=_storable(metadata(result, extra)),
     ) as model:
-        save_file(result.net.state_dict(), model.path_of(WEIGHTS))
-        Path(model.path_of(ARCHITECTURE)).write_text(json.dumps(result.arch.to_dict(), indent=2))
+        _write_model_files(result, Path(model.path))
+    return str(model.tag)
+
+
+def write_directory(
+    result: TrainResult, path: Path, *, extra: dict[str, Any] | None = None
+) -> None:
+    """Stage a trained model in ``path`` (not registered): what :func:`save` would store, plus
+    its metadata in ``metadata.json``. :func:`from_directory` loads it back."""
+    path.mkdir(parents=True, exist_ok=True)
+    _write_model_files(result, path)
+    meta = _storable(metadata(result, extra))
+    (path / METADATA).write_text(json.dumps(meta, indent=1))
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata a staged directory was written with."""
+    data = json.loads((path / METADATA).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path / METADATA}: not a JSON object")
+    return data
+
+
+def register_directory(
+    path: Path,
+    *,
+    name: str,
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Register a model staged by :func:`write_directory`; returns its tag.
+
+    All or nothing: BentoML writes the version to a temporary directory and moves it into the
+    store only when the block ends without an error, so a failure registers nothing.
+    """
+    meta = _storable({**read_metadata(path), **(extra or {})})
+    tag = _checked_tag(name, version)
+    with bentoml.models.create(
+        tag, labels={"framework": "torch", "task": "fraud"}, metadata=meta
+    ) as model:
+        for filename in (WEIGHTS, ARCHITECTURE):
+            shutil.copyfile(path / filename, model.path_of(filename))
     return str(model.tag)
 
 
@@ -118,6 +192,12 @@ def exists(tag: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+def delete(tag: str) -> None:
+    """Remove a version from the store (a pipeline undoing a registration that failed later)."""
+    with contextlib.suppress(NotFound):
+        bentoml.models.delete(tag)
 
 
 def load(tag: str) -> LoadedModel:

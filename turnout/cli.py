@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import yaml
@@ -34,7 +35,40 @@ from turnout.spec import (
 DEFAULT_MODEL = "fraud"
 
 
-@click.group()
+class _Main(click.Group):
+    """The CLI, with heavy command groups imported only when run (``turnout --help`` and the
+    rollout commands stay fast; the pipeline pulls in torch, BentoML and the trainer)."""
+
+    #: name -> ("module:attribute", short help shown without importing it)
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "pipeline": (
+            "workflows.cli:pipeline",
+            "Retraining: drift check, train, validation gate, package, propose.",
+        ),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = self.lazy[cmd_name][0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, self.lazy[name][1]))
+            elif (cmd := super().get_command(ctx, name)) is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(formatter.width - len(name) - 6)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="turnout")
 def main() -> None:
     """turnout: train, serve and roll out model versions safely."""
@@ -786,6 +820,16 @@ def operator(args: tuple[str, ...]) -> None:
     from services.controller.operator import main as run
 
     run(list(args))
+
+
+def _register_workflows() -> None:
+    """Commands that live with the workflows they run (workflows/); `pipeline` is lazy."""
+    from workflows.render import render_workflows
+
+    render.add_command(render_workflows)
+
+
+_register_workflows()
 
 
 if __name__ == "__main__":
