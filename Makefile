@@ -40,15 +40,18 @@ $(TOOLS_STAMP):
 	touch $@
 
 # Generated files the tests check: the CRD (manifests/crds and the chart's copy) from
-# turnout/spec.py, then manifests/base, the chart rendered with default values for
+# turnout/spec.py, the Argo workflows (manifests/workflows and the chart's copy) from
+# workflows/definitions.py, then manifests/base, the chart rendered with default values for
 # `kubectl apply -k` users.
 manifests: $(STAMP) tools
 	$(VENV)/bin/turnout render crd
 	$(VENV)/bin/turnout render crd -o helm/turnout/crds/modeldeployments.turnout.dev.yaml
+	$(VENV)/bin/turnout render workflows
 	$(PY) scripts/render_manifests.py
 
+# `make up RETRAIN=3m` also runs the retraining pipeline every 3 minutes on drifting data.
 up: $(STAMP) prometheus
-	$(VENV)/bin/turnout up
+	$(VENV)/bin/turnout up $(if $(RETRAIN),--retrain-every $(RETRAIN))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

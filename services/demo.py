@@ -1,6 +1,6 @@
 """`turnout demo`: scripted rollout stories against the real local platform.
 
-Seven stories run in order on the processes `turnout up` runs (Prometheus, the controller loop
+Nine stories run in order on the processes `turnout up` runs (Prometheus, the controller loop
 with its model servers, the router) under synthetic traffic, and each must end as it should:
 
 1. a healthy candidate is canaried and promoted;
@@ -8,7 +8,10 @@ with its model servers, the router) under synthetic traffic, and each must end a
    slower than stable are rolled back, with the failing check's value in status and events;
 5. a shadow whose scores disagree with stable's is blocked, never having served a user;
 6. an A/B test with a real lift concludes for the candidate, which is promoted;
-7. an A/B test without one ends Inconclusive (or for stable).
+7. an A/B test without one ends Inconclusive (or for stable);
+8. drifted data makes the retraining pipeline train a new version, its validation gate passes,
+   and the candidate it proposes is canaried and promoted;
+9. a retrained model failing the gate is neither registered nor proposed.
 
 Every rollout goes through `turnout deploy`. The broken candidates are real: model versions
 (a NaN weight, an inverted output layer) or the model server's fault settings in the version's
@@ -77,6 +80,12 @@ POLICY = (
 )
 STORY_DEADLINE_S = 90.0
 AB_NO_LIFT_DEADLINE_S = 120.0
+#: The retraining stories: data drifted by day 30, a version trained on it, and one that the
+#: gate must refuse (no model reaches this ROC-AUC floor on this data).
+RETRAINED, REFUSED = "v5", "v6"
+DRIFT, DRIFT_DAY = "covariate=0.9,concept=0.3,mode=sudden", 30
+IMPOSSIBLE_AUC = 0.999
+RETRAIN_DEADLINE_S = 240.0
 
 
 # --- the parent: a child process with the demo's home ----------------------------------
@@ -369,6 +378,83 @@ def _ab(demo: Demo, version: str, *options: str, expected: set[str], phase: Phas
     return Verdict(passed, f"{st.phase.value} ({ending}){numbers}")
 
 
+def retrain_on_drift(demo: Demo) -> Verdict:
+    """Drift in the data → the retraining pipeline → its gate passes → the candidate it
+    proposes is canaried by the controller like any other, and promoted."""
+    import json
+
+    _canary_policy(demo)
+    run_dir = demo.store.dir.parent / "runs" / f"drift-{RETRAINED}"
+    since = datetime.now(UTC)
+    code = run_pipeline(run_dir, f"version={RETRAINED}", f"drift={DRIFT}", f"day={DRIFT_DAY}")
+    if code != 0:
+        return Verdict(False, f"the pipeline failed (exit {code}); see {run_dir}")
+    drift = json.loads((run_dir / "check-drift.json").read_text())
+    gate = json.loads((run_dir / "validate.json").read_text())
+    state = demo.finish(RETRAINED, since)
+    st = state.status
+    stable = st.routing.stable.version if st.routing.stable else "-"
+    said = (
+        f"max PSI {drift['max_psi']:.3g} ({drift['worst']}) >= {drift['threshold']:g}, "
+        f"gate {gate['checks']} checks passed; {st.phase.value}: {stable} serves"
+    )
+    return Verdict(st.phase is Phase.PROMOTED and stable == RETRAINED, said)
+
+
+def gate_refuses(demo: Demo) -> Verdict:
+    """A retrained model that fails the validation gate is never registered nor proposed."""
+    import json
+
+    from training import store
+
+    run_dir = demo.store.dir.parent / "runs" / f"gate-{REFUSED}"
+    code = run_pipeline(
+        run_dir, f"version={REFUSED}", "force=true", f"gate=min_roc_auc={IMPOSSIBLE_AUC}"
+    )
+    spec = demo.store.load(MODEL).spec
+    proposed = spec.candidate is not None and spec.candidate.version == REFUSED
+    registered = store.exists(f"{MODEL}:{REFUSED}")
+    gate = json.loads((run_dir / "validate.json").read_text())
+    why = "; ".join(gate["failed"]) or "no failed check"
+    passed = code != 0 and not gate["passed"] and not proposed and not registered
+    return Verdict(
+        passed,
+        f"exit {code}, {why}; proposed: {'yes' if proposed else 'no'}, "
+        f"registered: {'yes' if registered else 'no'}",
+    )
+
+
+def _canary_policy(demo: Demo) -> None:
+    """Candidates the pipeline proposes are rolled out by the deployment's strategy."""
+    from turnout.spec import ModelDeployment, StrategyType
+
+    def canary(md: ModelDeployment) -> ModelDeployment:
+        strategy = md.spec.strategy.model_copy(
+            update={
+                "type": StrategyType.CANARY,
+                "canary": md.spec.strategy.canary.model_copy(
+                    update={
+                        "steps": [float(w) for w in CANARY_STEPS.split(",")],
+                        "interval": demo.interval,
+                    }
+                ),
+            }
+        )
+        return md.model_copy(update={"spec": md.spec.model_copy(update={"strategy": strategy})})
+
+    demo.store.update(MODEL, canary)
+    click.echo(f"  {MODEL}'s strategy for proposed candidates: canary {CANARY_STEPS}")
+
+
+def run_pipeline(run_dir: Path, *params: str) -> int:
+    """`turnout pipeline run retrain` as a user runs it; its exit code."""
+    args = ["pipeline", "run", "retrain", "--run-dir", str(run_dir)]
+    args += [a for p in (f"model={MODEL}", f"rows={TRAIN_ROWS}", *params) for a in ("-p", p)]
+    click.echo(f"$ turnout {' '.join(args)}")
+    done = subprocess.run([sys.executable, "-m", "turnout.cli", *args], check=False)
+    return done.returncode
+
+
 _AB_ENDINGS = {"CandidateWon", "StableWon", "Inconclusive", "SampleRatioMismatch", "RolledBack"}
 
 STORIES = (
@@ -383,6 +469,18 @@ STORIES = (
         "RolledBack (Inconclusive or StableWon)",
         ab_no_lift,
         deadline_s=AB_NO_LIFT_DEADLINE_S,
+    ),
+    Story(
+        "drift, retrain",
+        "gate passed, proposed, Promoted",
+        retrain_on_drift,
+        deadline_s=RETRAIN_DEADLINE_S,
+    ),
+    Story(
+        "gate refuses",
+        "never registered nor proposed",
+        gate_refuses,
+        deadline_s=RETRAIN_DEADLINE_S,
     ),
 )
 

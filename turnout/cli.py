@@ -6,7 +6,9 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,6 +32,7 @@ from turnout.spec import (
     SpecError,
     dump,
     parse_deployment,
+    seconds,
 )
 
 DEFAULT_MODEL = "fraud"
@@ -270,6 +273,16 @@ def _ensure_versions(name: str, *, rows: int) -> tuple[str, str]:
 @click.option("--rows", default=60_000, show_default=True, help="rows to train missing models on")
 @click.option("--no-canary", is_flag=True, help="serve stable only; start nothing")
 @click.option("--no-prometheus", is_flag=True, help="judge from direct scrapes")
+@click.option(
+    "--retrain-every",
+    help="run the retraining pipeline on this schedule, e.g. 3m (logs in $TURNOUT_HOME/logs)",
+)
+@click.option(
+    "--drift",
+    default="covariate=0.8,concept=0.3,mode=sudden",
+    show_default=True,
+    help="with --retrain-every: how the synthetic world drifts from day 0",
+)
 def up(
     name: str,
     port: int,
@@ -279,6 +292,8 @@ def up(
     rows: int,
     no_canary: bool,
     no_prometheus: bool,
+    retrain_every: str | None,
+    drift: str,
 ) -> None:
     """Run the local platform with a live canary until Ctrl-C.
 
@@ -289,6 +304,7 @@ def up(
     from services.platform import LocalPlatform
     from turnout.traffic import Traffic, conversion
 
+    every = _duration_option("--retrain-every", retrain_every) if retrain_every else None
     stable, candidate = _ensure_versions(name, rows=rows)
     ds = _store()
     if name not in ds.names():
@@ -297,7 +313,7 @@ def up(
     # SIGTERM (e.g. from a supervisor) must stop the processes too: make it a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     platform = LocalPlatform(settings().home, port=port, prometheus=not no_prometheus)
-    traffic = None
+    traffic, retraining = None, None
     try:
         click.echo(
             "starting Prometheus, the controller (it starts the model servers) and the router..."
@@ -337,6 +353,12 @@ def up(
                     steps=steps,
                     interval=interval,
                 )
+        if every is not None:
+            retraining = _Retraining(name, every_s=every, drift=drift).start()
+            click.echo(
+                f"retraining {name} every {retrain_every} on drifting data ({drift}); "
+                f"runs log to {retraining.logs}"
+            )
         click.echo("Ctrl-C stops everything. Showing `turnout status --watch` in 3 s...")
         time.sleep(3)
         ctx = click.get_current_context()
@@ -345,9 +367,55 @@ def up(
         pass
     finally:
         click.echo("\nstopping...")
+        if retraining is not None:
+            retraining.stop()
         if traffic is not None:
             traffic.stop()
         platform.stop()
+
+
+def _duration_option(flag: str, text: str) -> float:
+    try:
+        return seconds(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
+class _Retraining:
+    """`turnout up --retrain-every`: the retraining pipeline on a short schedule, each run on
+    data one simulated week further into the drift, proposing what passes its gate."""
+
+    DAYS_PER_RUN = 7
+
+    def __init__(self, name: str, *, every_s: float, drift: str) -> None:
+        self.name, self.every_s, self.drift = name, every_s, drift
+        self.logs = settings().home / "logs"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> _Retraining:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        run = 0
+        while not self._stop.wait(self.every_s):
+            run += 1
+            day = run * self.DAYS_PER_RUN
+            params = [f"model={self.name}", "rows=20000", f"day={day}", f"drift={self.drift}"]
+            args = [sys.executable, "-m", "turnout.cli", "pipeline", "run", "retrain"]
+            args += [a for p in params for a in ("-p", p)]
+            with open(self.logs / f"retrain-{run:03d}.log", "wb") as log:
+                self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+                self._proc.wait()
 
 
 @main.command()

@@ -20,6 +20,8 @@ STORIES = (
     "5. divergent shadow: RolledBack (ShadowBlocked): shadowAgreement",
     "6. A/B with lift: Promoted (CandidateWon)",
     "7. A/B without lift: RolledBack (",
+    "8. drift, retrain: max PSI",
+    "9. gate refuses: exit 1, rocAuc",
 )
 
 
