@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(PY) bench/router_overhead.py
 	$(PY) bench/shadow_impact.py
 	$(PY) bench/rollback_latency.py
+	$(PY) bench/batch_predict.py
 
 clean:
 	rm -rf $(VENV) .turnout .tools .mypy_cache .ruff_cache .pytest_cache

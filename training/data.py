@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -280,6 +280,16 @@ class DataError(ValueError):
     """A data file that cannot be used; the message names the file and the column."""
 
 
+def table_format(path: Path) -> Literal["csv", "parquet"]:
+    """The format of a data file, by its suffix; DataError for any other suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise DataError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
 def load_table(path: str | Path, schema: Schema = FRAUD_SCHEMA) -> pd.DataFrame:
     """Read a user's CSV or Parquet file and check it against ``schema``.
 
@@ -289,61 +299,104 @@ def load_table(path: str | Path, schema: Schema = FRAUD_SCHEMA) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
+    fmt = table_format(path)
     try:
-        if suffix == ".csv":
-            df = pd.read_csv(path)
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        else:
-            raise DataError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+        df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
-    except DataError:
-        raise
     except Exception as exc:
         raise DataError(f"{path}: cannot read file: {exc}") from None
     if df.empty:
         raise DataError(f"{path}: file has no rows")
 
-    out: dict[str, Any] = {}
-    for feat in schema.features:
-        if feat.name not in df.columns:
-            raise DataError(f"{path}: missing column {feat.name!r}")
-        out[feat.name] = _column(path, df[feat.name], feat)
+    out = feature_frame(df, schema, source=path)
     if schema.label in df.columns:
         out[schema.label] = _label(path, df[schema.label], schema.label)
-    return pd.DataFrame(out)
+    return out
 
 
-def _column(path: Path, col: pd.Series, feat: Feature) -> pd.Series:
+def check_columns(columns: Iterable[object], schema: Schema, *, source: str | Path) -> None:
+    """DataError naming the first feature of ``schema`` that ``columns`` lack."""
+    present = set(columns)
+    for name in schema.names:
+        if name not in present:
+            raise DataError(f"{source}: missing column {name!r}")
+
+
+def feature_frame(
+    df: pd.DataFrame, schema: Schema, *, source: str | Path, first_row: int = 0
+) -> pd.DataFrame:
+    """The features of ``df`` as numbers the model takes (categories as their codes), checked.
+
+    ``first_row`` is the position of ``df``'s first row in its file, so an error in one chunk
+    of a streamed file names the row of the file.
+    """
+    return pd.DataFrame(feature_columns(df, schema, source=source, first_row=first_row))
+
+
+def feature_columns(
+    df: pd.DataFrame, schema: Schema, *, source: str | Path, first_row: int = 0
+) -> dict[str, pd.Series]:
+    """``feature_frame`` as separate columns, in schema order (no frame to assemble)."""
+    check_columns(df.columns, schema, source=source)
+    return {f.name: _column(source, df[f.name], f, first_row=first_row) for f in schema.features}
+
+
+def _column(source: str | Path, col: pd.Series, feat: Feature, *, first_row: int) -> pd.Series:
     if feat.kind == "numeric":
-        converted = pd.to_numeric(col, errors="coerce")
-        bad = converted.isna() & col.notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"{path}: column {feat.name!r} must be numeric; row {row} has {col.iloc[row]!r}"
-            )
-        if converted.isna().any():
-            row = int(np.flatnonzero(converted.isna().to_numpy())[0])
-            raise DataError(f"{path}: column {feat.name!r} has a missing value at row {row}")
-        return converted.astype(np.float64)
-    codes = {name: i for i, name in enumerate(feat.categories)}
-    values = []
-    for row, raw in enumerate(col.tolist()):
-        if isinstance(raw, str) and raw in codes:
-            values.append(codes[raw])
-        elif isinstance(raw, int | float | np.integer | np.floating) and float(raw) in range(
-            len(feat.categories)
-        ):
-            values.append(int(raw))
+        if pd.api.types.is_numeric_dtype(col):  # numbers already: only gaps to look for
+            values = col.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
+            converted = pd.to_numeric(col, errors="coerce")
+            bad = converted.isna() & col.notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(
+                    f"{source}: column {feat.name!r} must be numeric; "
+                    f"row {first_row + row} has {_scalar(col.iloc[row])!r}"
+                )
+            values = converted.to_numpy(dtype=np.float64, na_value=np.nan)
+        gaps = np.isnan(values)
+        if gaps.any():
+            row = int(np.flatnonzero(gaps)[0])
             raise DataError(
-                f"{path}: column {feat.name!r} row {row} has {raw!r}, "
-                f"expected one of {list(feat.categories)}"
+                f"{source}: column {feat.name!r} has a missing value at row {first_row + row}"
             )
-    return pd.Series(values, dtype=np.int64, index=col.index)
+        return pd.Series(values, index=col.index)
+    n = len(feat.categories)
+    if col.dtype.kind in "iu":  # integer codes, the common case: range check only
+        codes = col.to_numpy()
+        ok = (codes >= 0) & (codes < n)
+    elif pd.api.types.is_numeric_dtype(col):
+        # Integer codes (whole numbers 0..n-1, as ints or floats); NaN fails every comparison.
+        values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        ok = (values >= 0) & (values < n) & (values == np.floor(values))
+        codes = np.where(ok, values, 0).astype(np.int64)
+    else:
+        # Names or codes in an object column; a code matches its int and float forms, and its
+        # text: a CSV column mixing names and codes is read as text throughout.
+        lookup: dict[object, int] = {str(i): i for i in range(n)}
+        lookup.update({i: i for i in range(n)})
+        lookup.update({name: i for i, name in enumerate(feat.categories)})
+        mapped = col.map(lambda raw: lookup.get(raw, -1) if _hashable(raw) else -1)
+        codes = mapped.to_numpy(dtype=np.int64)
+        ok = codes >= 0
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        raise DataError(
+            f"{source}: column {feat.name!r} row {first_row + row} has "
+            f"{_scalar(col.iloc[row])!r}, expected one of {list(feat.categories)}"
+        )
+    return pd.Series(codes, dtype=np.int64, index=col.index)
+
+
+def _hashable(value: object) -> bool:
+    return isinstance(value, str | int | float | np.integer | np.floating)
+
+
+def _scalar(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so error messages show ``1.5``."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _label(path: Path, col: pd.Series, name: str) -> pd.Series:

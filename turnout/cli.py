@@ -48,6 +48,14 @@ class _Main(click.Group):
             "workflows.cli:pipeline",
             "Retraining: drift check, train, validation gate, package, propose.",
         ),
+        "batch-predict": (
+            "workflows.batch_cli:batch_predict_command",
+            "Score a CSV or Parquet file with a model version, in chunks.",
+        ),
+        "batch-merge": (
+            "workflows.batch_cli:batch_merge_command",
+            "Join batch-predict's fan-out parts into one output file.",
+        ),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
