@@ -28,7 +28,7 @@ from hera.workflows import CronWorkflow, WorkflowTemplate
 from tests.k8s.conftest import CHART, NAMESPACE, ROOT, Render
 from tests.k8s.validate import errors
 from workflows import definitions
-from workflows.batch import batch_merge_command, batch_predict_command
+from workflows.batch_cli import batch_merge_command, batch_predict_command
 from workflows.cli import step_command
 from workflows.pipeline import RETRAIN
 from workflows.steps import RetrainParams
