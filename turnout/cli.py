@@ -313,6 +313,13 @@ def up(
     from turnout.traffic import Traffic, conversion
 
     every = _duration_option("--retrain-every", retrain_every) if retrain_every else None
+    if every is not None:
+        from training.data import Drift
+
+        try:
+            Drift.parse(drift)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--drift") from None
     stable, candidate = _ensure_versions(name, rows=rows)
     ds = _store()
     if name not in ds.names():
@@ -384,9 +391,12 @@ def up(
 
 def _duration_option(flag: str, text: str) -> float:
     try:
-        return seconds(text)
+        value = seconds(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=flag) from None
+    if value <= 0:
+        raise click.BadParameter(f"{text!r} is not a positive duration", param_hint=flag)
+    return value
 
 
 class _Retraining:
@@ -399,6 +409,7 @@ class _Retraining:
         self.name, self.every_s, self.drift = name, every_s, drift
         self.logs = settings().home / "logs"
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # no run starts once stop() has begun
         self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -408,10 +419,18 @@ class _Retraining:
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-        self._thread.join(timeout=10)
+        """Stop scheduling; a run in progress is interrupted and cleans up (its smoke-test
+        server included) before the process group is killed."""
+        with self._lock:
+            self._stop.set()
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self._thread.join(timeout=5)
 
     def _loop(self) -> None:
         run = 0
@@ -421,9 +440,13 @@ class _Retraining:
             params = [f"model={self.name}", "rows=20000", f"day={day}", f"drift={self.drift}"]
             args = [sys.executable, "-m", "turnout.cli", "pipeline", "run", "retrain"]
             args += [a for p in params for a in ("-p", p)]
-            with open(self.logs / f"retrain-{run:03d}.log", "wb") as log:
-                self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-                self._proc.wait()
+            with open(self.logs / f"retrain-{run:03d}.log", "wb") as log, self._lock:
+                if self._stop.is_set():
+                    return
+                self._proc = subprocess.Popen(
+                    args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            self._proc.wait()
 
 
 @main.command()

@@ -171,8 +171,14 @@ class _Source:
         yield from _window(batches, start - first, stop - start)
 
     def _csv_reader(self, *, skip: int, schema: Schema) -> pa_csv.CSVStreamingReader:
-        numeric = {f.name: pa.float64() for f in schema.features if f.kind == "numeric"}
-        return _open_csv(self.path, skip=skip, convert=pa_csv.ConvertOptions(column_types=numeric))
+        # Columns passed through are read as text: a guess from the first block would drop an
+        # id's leading zeros, reject a later value, or differ between fan-out pods.
+        types: dict[str, pa.DataType] = {name: pa.string() for name in self.columns}
+        types.update({f.name: pa.float64() for f in schema.features if f.kind == "numeric"})
+        for f in schema.features:
+            if f.kind != "numeric":
+                types.pop(f.name, None)
+        return _open_csv(self.path, skip=skip, convert=pa_csv.ConvertOptions(column_types=types))
 
 
 def _open_csv(

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def _target(params: RetrainParams, *, cluster: bool) -> DeploymentTarget:
     return LocalTarget(settings().home)
 
 
+def _interrupted(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 @pipeline.command("run")
 @click.argument("name", type=click.Choice(sorted(PIPELINES)))
 @_PARAM
@@ -72,6 +77,9 @@ def _target(params: RetrainParams, *, cluster: bool) -> DeploymentTarget:
 )
 def run_command(name: str, pairs: tuple[str, ...], run_dir: Path | None) -> None:
     """Run pipeline NAME locally, step by step, printing a timeline."""
+    # SIGTERM (a scheduler stopping the run) unwinds like Ctrl-C, so every `finally` runs and
+    # the smoke test's model server, in a session of its own, is stopped too.
+    signal.signal(signal.SIGTERM, _interrupted)
     params = _params(pairs)
     if run_dir is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -269,6 +269,10 @@ def _output_file(name: str, path: str) -> Parameter:
     return Parameter(name=name, value_from=m.ValueFrom(path=path, default=""))
 
 
+#: The task that fails a run whose gate refused the candidate.
+GATE_REFUSED = "gate-refused"
+
+
 def _turnout_container(
     spec: StepSpec, *, image: str, parameters: tuple[WorkflowParameter, ...], extra: tuple[str, ...]
 ) -> Container:
@@ -392,6 +396,22 @@ def _retrain(
         parameters=parameters,
         extra=("--param", "workflow_status={{workflow.status}}"),
     )
+    # A refused candidate ends the run Failed, as it ends `turnout pipeline run` with exit 1:
+    # validate itself succeeds (its verdict is an output the DAG reads), so without this task a
+    # run whose gate refused would count as Succeeded and no alert on failed runs would see it.
+    refused = Container(
+        name=GATE_REFUSED,
+        image=image,
+        command=["python", "-c"],
+        args=[
+            "import sys; sys.exit('the validation gate refused the candidate; "
+            "its report is report.md in the run directory')"
+        ],
+        resources=_SMALL,
+        security_context=_container_security(),
+        pod_security_context=_pod_security(),
+        volume_mounts=[_mount("tmp", "/tmp")],
+    )
     with DAG(name="retrain"):
         for spec in main:
             Task(
@@ -400,6 +420,13 @@ def _retrain(
                 depends=depends(spec),
                 when=when(spec),
             )
+            if spec.name == VALIDATE:
+                Task(
+                    name=GATE_REFUSED,
+                    template=refused,
+                    depends=f"{task_name(VALIDATE)}.Succeeded",
+                    when=f"{output(VALIDATE, 'passed')} == false",
+                )
             if spec.name == PACKAGE:
                 Task(
                     name=BUILD_IMAGE,
@@ -447,7 +474,7 @@ def retrain_cron_workflow(
             registry_secret=registry_secret,
             work_size=work_size,
             model=model,
-            deployment=deployment or model,
+            deployment=deployment or "",  # empty: the model's name, also after -p model=...
             source=source,
         )
     return w
@@ -480,7 +507,7 @@ def retrain_workflow_template(
             registry_secret=registry_secret,
             work_size=work_size,
             model=model,
-            deployment=deployment or model,
+            deployment=deployment or "",  # empty: the model's name, also after -p model=...
             source=source,
         )
     return w
@@ -693,7 +720,7 @@ _HELM: dict[str, str] = {
     "store_claim": 'include "turnout.retrainStoreClaim" .',
     "registry_secret": ".Values.retrain.registrySecret",
     "model": ".Values.retrain.model",
-    "deployment": ".Values.retrain.deployment | default .Values.retrain.model",
+    "deployment": ".Values.retrain.deployment",
     "source": ".Values.retrain.source",
     "work_size": ".Values.retrain.workVolumeSize",
 }

@@ -41,7 +41,7 @@ from training.gate import GateReport, GateThresholds, run_gate
 from training.model import predict_proba, state_hash
 from training.train import train as fit
 from turnout import drift
-from turnout.settings import use_local_model_store
+from turnout.settings import settings, use_local_model_store
 from turnout.spec import ModelDeploymentSpec, VersionRef
 from workflows.targets import DeploymentTarget
 
@@ -615,7 +615,9 @@ def stable_tag(params: RetrainParams, spec: ModelDeploymentSpec) -> str:
     if not store.exists(tag):
         raise StepError(
             f"model {tag}, the stable version of ModelDeployment {name}, is not in the model "
-            "store (`turnout models` lists what is)"
+            f"store at {settings().home} (`turnout models` lists what is). In a cluster, seed "
+            f"the store volume once with the stable model: `turnout train --name {spec.model} "
+            f"--version {spec.stable.version}` in a pod mounting it (see the README)"
         )
     return tag
 
@@ -829,7 +831,8 @@ def package(
             "max_psi": drift_check.max_psi,
             "worst_feature": drift_check.worst,
             "forced": drift_check.forced,
-            "params": params.to_dict(),
+            # The webhook URL is often a credential; the metadata travels in the image.
+            "params": {k: v for k, v in params.to_dict().items() if k != "webhook"},
         },
     }
     tag = _register(cand, run_dir=run_dir, extra=extra)

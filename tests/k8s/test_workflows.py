@@ -183,13 +183,26 @@ def test_the_dag_runs_the_pipeline_in_order(retrain: Obj) -> None:
         "check-drift",
         "train",
         "validate",
+        "gate-refused",
         "build-bento",
         "build-image",
         "propose",
     ]
-    assert [tasks[n].get("depends") for n in list(tasks)[1:]] == [
-        f"{before}.Succeeded" for before in list(tasks)[:-1]
+    chain = [n for n in tasks if n != "gate-refused"]
+    assert [tasks[n].get("depends") for n in chain[1:]] == [
+        f"{before}.Succeeded" for before in chain[:-1]
     ]
+
+
+def test_a_refused_candidate_fails_the_run(retrain: Obj) -> None:
+    """validate succeeds either way (its verdict is an output); a refusal must still end the
+    run Failed, as `turnout pipeline run` exits 1, so alerts on failed runs see it."""
+    refused = dag(retrain)["gate-refused"]
+    assert refused["depends"] == "validate.Succeeded"
+    assert refused["when"] == "{{tasks.validate.outputs.parameters.passed}} == false"
+    container = templates(retrain)["gate-refused"]["container"]
+    assert container["command"] == ["python", "-c"]
+    assert "sys.exit('the validation gate refused" in container["args"][0]
 
 
 def test_no_drift_stops_before_training_and_a_failed_gate_before_packaging(
@@ -229,7 +242,7 @@ def test_each_task_runs_its_pipeline_step_with_arguments_the_cli_accepts(retrain
     steps = [s.name for s in RETRAIN]
     ran = []
     for t, c in containers(retrain):
-        if c["image"] == definitions.KANIKO_IMAGE:
+        if c["image"] == definitions.KANIKO_IMAGE or t["name"] == definitions.GATE_REFUSED:
             continue
         assert c["command"] == ["turnout"]
         args = with_defaults(c["args"], retrain)
@@ -284,6 +297,8 @@ def test_the_run_directory_is_a_volume_made_per_run(retrain: Obj) -> None:
     assert claim["metadata"]["name"] == "work"
     assert claim["spec"]["resources"]["requests"]["storage"]
     for t, c in containers(retrain):
+        if t["name"] == definitions.GATE_REFUSED:  # reads nothing: it only fails the run
+            continue
         assert "/work" in {m["mountPath"] for m in c["volumeMounts"]}, t["name"]
         if c["image"] != definitions.KANIKO_IMAGE:
             assert "/var/lib/turnout" in {m["mountPath"] for m in c["volumeMounts"]}, t["name"]
@@ -295,6 +310,8 @@ def test_the_run_directory_is_a_volume_made_per_run(retrain: Obj) -> None:
 @pytest.mark.parametrize("name", ALL_FILES)
 def test_every_step_retries_with_backoff(name: str) -> None:
     for t, _ in containers(manifest(name)):
+        if t["name"] == definitions.GATE_REFUSED:  # a verdict, not a fault: retrying can't help
+            continue
         retry = t["retryStrategy"]
         assert int(retry["limit"]) >= 1, t["name"]
         assert retry["retryPolicy"] in ("Always", "OnError", "OnFailure", "OnTransientError")
@@ -471,7 +488,7 @@ def test_chart_values_reach_the_workflows(render: Render) -> None:
     params = defaults(cron)
     assert (params["model"], params["deployment"], params["image_registry"]) == (
         "churn",
-        "churn",  # the deployment defaults to the model
+        "",  # empty: the step proposes to the model's name, even after `-p model=...`
         REGISTRY,
     )
     assert params["source"] == "/var/lib/turnout/data/churn.parquet"

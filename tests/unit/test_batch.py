@@ -91,6 +91,16 @@ def test_every_row_comes_back_in_order_with_its_probability(
     assert leftovers(tmp_path) == [out.name]  # no temporary file left
 
 
+def test_csv_pass_through_columns_keep_their_text(trained, rows, tmp_path) -> None:
+    """An account number's leading zeros survive: only feature columns are parsed."""
+    df = rows.head(50).copy()
+    df.insert(0, "account", [f"{i:08d}" for i in range(50)])
+    src, out = tmp_path / "in.csv", tmp_path / "out.parquet"
+    df.to_csv(src, index=False)
+    batch_predict(model=trained[1], input=src, output=out)
+    assert pd.read_parquet(out)["account"].tolist() == df["account"].tolist()
+
+
 def test_parquet_output_types(trained, files, tmp_path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -303,3 +303,20 @@ def test_deploy_rejects_a_bad_option_naming_the_field(
     assert "spec.strategy.canary.steps: steps must increase" in out.output
     assert loop.store.path("fraud").read_text() == before
     parse_deployment(yaml.safe_load(before))  # what is on disk is still valid
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--retrain-every", "0s"], "'0s' is not a positive duration"),
+        (["--retrain-every", "soon"], "is not a duration"),
+        (["--retrain-every", "1m", "--drift", "bogus=1"], "unknown drift option 'bogus'"),
+    ],
+)
+def test_up_refuses_a_bad_retraining_schedule_before_starting_anything(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TURNOUT_HOME", str(tmp_path))
+    result = CliRunner().invoke(cli.main, ["up", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "deployments").exists(), "nothing was deployed"
