@@ -457,6 +457,14 @@ class Action(StrEnum):
     ABORT = "abort"  # roll the candidate back now
 
 
+def action_of(text: str | None) -> Action | None:
+    """The action a ``turnout.dev/action`` value asks for; None for none or an unknown one."""
+    try:
+        return None if text is None else Action(text)
+    except ValueError:
+        return None
+
+
 class SpecError(ValueError):
     """A document that is not a valid spec; the message names each bad field."""
 

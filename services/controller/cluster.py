@@ -46,6 +46,7 @@ from turnout.spec import (
     Reason,
     SpecError,
     VersionRef,
+    action_of,
     describe,
     dump,
     parse_deployment,
@@ -340,10 +341,7 @@ def _condition_is(status: ModelDeploymentStatus, type_: str, value: str) -> bool
 
 
 def _action(text: str | None) -> Action | None:
-    if text is None:
-        return None
-    try:
-        return Action(text)
-    except ValueError:
+    action = action_of(text)
+    if text is not None and action is None:
         log.error("ignoring %s=%r: expected promote or abort", ACTION_ANNOTATION, text)
-        return None
+    return action

@@ -36,6 +36,7 @@ from turnout.spec import (
     Reason,
     RouteTable,
     SpecError,
+    action_of,
     dump,
     route_for,
 )
@@ -236,13 +237,10 @@ def _want(spec: ModelDeploymentSpec, version: str) -> Want:
 
 
 def _action(text: str | None) -> Action | None:
-    if text is None:
-        return None
-    try:
-        return Action(text)
-    except ValueError:
+    action = action_of(text)
+    if text is not None and action is None:
         log.error("ignoring %s=%r: expected promote or abort", ACTION_ANNOTATION, text)
-        return None
+    return action
 
 
 def _visible(old: State, new: State) -> bool:
