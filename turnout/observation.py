@@ -69,3 +69,16 @@ class Observation:
     metrics: Metrics | None = None
     #: Why metrics are missing when an analysis was due (the provider's error).
     metrics_error: str | None = None
+
+
+def observe(
+    provider: MetricsProvider, query: MetricsQuery | None, *, endpoints: Mapping[str, str]
+) -> Observation:
+    """What ``decide()`` is told: the ready endpoints, and the metrics when an analysis is due
+    (``query``), or why they could not be read (the step then waits)."""
+    if query is None:
+        return Observation(endpoints=endpoints)
+    try:
+        return Observation(endpoints=endpoints, metrics=provider.observe(query))
+    except MetricsUnavailable as exc:
+        return Observation(endpoints=endpoints, metrics_error=str(exc))

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from turnout import actions, isvc, rollout
 from turnout.kube import Conflict, KubeApi, KubeError, NotFound, Obj
-from turnout.observation import MetricsProvider, MetricsUnavailable, Observation
+from turnout.observation import MetricsProvider, observe
 from turnout.rollout import Decision
 from turnout.spec import (
     ACTION_ANNOTATION,
@@ -230,14 +230,8 @@ class ClusterController:
         endpoints: dict[str, str],
         now: datetime,
     ) -> Decision:
-        metrics, error = None, None
         query = rollout.analysis_due(md.spec, status, now)
-        if query is not None:
-            try:
-                metrics = self.metrics.observe(query)
-            except MetricsUnavailable as exc:
-                error = str(exc)
-        observation = Observation(endpoints=endpoints, metrics=metrics, metrics_error=error)
+        observation = observe(self.metrics, query, endpoints=endpoints)
         return rollout.decide(
             md.spec,
             status,

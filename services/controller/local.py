@@ -26,7 +26,7 @@ import yaml
 from services.controller.supervisor import Supervisor, Want
 from turnout import rollout
 from turnout.deployments import DeploymentStore, NotFound, State
-from turnout.observation import MetricsProvider, MetricsUnavailable, Observation
+from turnout.observation import MetricsProvider, observe
 from turnout.spec import (
     ACTION_ANNOTATION,
     Action,
@@ -153,13 +153,7 @@ class LocalController:
             return state
         action = _action(action_text)
         query = rollout.analysis_due(spec, state.status, now)
-        metrics, error = None, None
-        if query is not None:
-            try:
-                metrics = self.metrics.observe(query)
-            except MetricsUnavailable as exc:
-                error = str(exc)
-        observation = Observation(endpoints=endpoints, metrics=metrics, metrics_error=error)
+        observation = observe(self.metrics, query, endpoints=endpoints)
         decision = rollout.decide(
             spec, state.status, observation, now, generation=state.generation, action=action
         )
