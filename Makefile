@@ -40,7 +40,7 @@ $(TOOLS_STAMP):
 	touch $@
 
 # Generated files the tests check: the CRD (manifests/crds and the chart's copy) from
-# turnout/spec.py, the Argo workflows (manifests/workflows and the chart's copy) from
+# turnout/core/spec.py, the Argo workflows (manifests/workflows and the chart's copy) from
 # workflows/definitions.py, then manifests/base, the chart rendered with default values for
 # `kubectl apply -k` users.
 manifests: $(STAMP) tools

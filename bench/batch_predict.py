@@ -45,7 +45,7 @@ TARGET = 0.5
 
 def cli_command() -> list[str]:
     """`turnout batch-predict`, or the same click command run as a module while the
-    subcommand is not registered in turnout/cli.py yet."""
+    subcommand is not registered in turnout/cli/main.py yet."""
     probe = subprocess.run([TURNOUT, "batch-predict", "--help"], capture_output=True, cwd=ROOT)
     if probe.returncode == 0:
         return [TURNOUT, "batch-predict"]

@@ -8,7 +8,7 @@ One line per trial and, LAST, one JSON object go to stdout; progress goes to std
 Target: the router stops sending to the candidate at most 1 s after the command (local),
 measured under steady traffic: `max_ms` <= 1000 over all trials.
 
-The whole local platform runs as a user runs it (services/platform.py: the controller, which
+The whole local platform runs as a user runs it (turnout/cli/platform.py: the controller, which
 starts a model server per version and writes the route table, and the router in front), in a
 temporary TURNOUT_HOME with fraud:v1 as stable. bench/support/recorded_traffic.py sends a
 steady `--rate` of single-row requests with random sticky user ids and records each request's
@@ -152,8 +152,8 @@ def one_trial(
     traffic: RecordedTraffic,
     procs: Processes,
 ) -> dict[str, Any]:
-    from turnout.deployments import DeploymentStore
-    from turnout.spec import Phase
+    from turnout.core.spec import Phase
+    from turnout.io.deployments import DeploymentStore
 
     store = DeploymentStore(home)
     routes_file = home / "routes.yaml"
@@ -279,8 +279,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
     env = turnout_env(tmp)
     os.environ.clear()
     os.environ.update(env)  # before turnout is imported: its settings read TURNOUT_HOME once
-    from services.controller.supervisor import free_port
-    from services.platform import LocalPlatform
+    from turnout.cli.platform import LocalPlatform
+    from turnout.io.processes import free_port
 
     train(tmp, STABLE, seed=0, rows=args.rows)
     train(tmp, CANDIDATE, seed=1, rows=args.rows)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from services.controller.supervisor import free_port, terminate
+from turnout.io.processes import free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +79,7 @@ def router(routes: Path) -> tuple[str, contextmanager]:  # type: ignore[type-arg
     args = [
         sys.executable,
         "-m",
-        "turnout.cli",
+        "turnout",
         "route",
         "--routes",
         str(routes),
@@ -114,7 +114,7 @@ def model_server(tag: str, *, env: Mapping[str, str] | None = None) -> Iterator[
     port = free_port()
     log = open(Path(os.environ["TURNOUT_HOME"]) / f"serve-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "turnout.cli", "serve", tag, "--port", str(port)],
+        [sys.executable, "-m", "turnout", "serve", tag, "--port", str(port)],
         env={**os.environ, **(env or {})},
         cwd=ROOT,
         stdout=log,
@@ -134,5 +134,5 @@ def served(tag: str):  # type: ignore[no-untyped-def]
     """`turnout serve TAG` on a free port: (base URL, context manager yielding the process)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "turnout.cli", "serve", tag, "--port", str(port)]
+    args = [sys.executable, "-m", "turnout", "serve", tag, "--port", str(port)]
     return base, process(args, f"{base}/readyz", f"serve-{port}.log")

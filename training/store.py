@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turnout.settings import use_local_model_store
+from turnout.io.settings import use_local_model_store
 
 use_local_model_store()
 

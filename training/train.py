@@ -20,7 +20,7 @@ from torch import nn
 from training import evaluate
 from training.data import FRAUD_SCHEMA, Schema, features_matrix, fingerprint, split
 from training.model import Architecture, FraudNet, predict_proba, state_hash
-from turnout import drift
+from turnout.core import drift
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`turnout batch-predict` and `turnout batch-merge`: the command line of workflows/batch.py.
 
-A module of its own so that registering the commands in turnout/cli.py costs `turnout` no
+A module of its own so that registering the commands in turnout/cli/main.py costs `turnout` no
 start-up time: pandas, pyarrow and torch are imported when a command runs, not when the CLI
 loads. `python -m workflows.batch_cli` runs batch-predict on its own.
 """

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from turnout.settings import settings
+from turnout.io.settings import settings
 from workflows.pipeline import PIPELINES, StepContext, step
 from workflows.runner import run, run_step
 from workflows.steps import NOTIFY, ORDER, ParamError, RetrainParams, param_info
@@ -57,7 +57,7 @@ def _params(pairs: tuple[str, ...]) -> RetrainParams:
 
 def _target(params: RetrainParams, *, cluster: bool) -> DeploymentTarget:
     if cluster:
-        from turnout.kube import Kube
+        from turnout.io.kube import Kube
 
         return ClusterTarget(Kube.connect, namespace=params.namespace or None)
     return LocalTarget(settings().home)

@@ -10,11 +10,11 @@ BentoML's Prometheus directory, which `bentoml serve` wipes at start-up) goes aw
 A version that is already registered is served through a temporary home whose ``models``
 links to the shared store, as the supervisor does for its servers.
 
-The server is started exactly as turnout starts model servers (``turnout.launch.serve_command``)
-on a free loopback port, asked for a few rows over the v2 protocol, checked (200, output
-``probability`` FP32 [N] with finite values in [0, 1], the ``x-turnout-model-version`` header,
-the same numbers as the model in-process), and stopped with its workers. Every failure, a
-timeout included, comes back as ``(False, reason)``.
+The server is started exactly as turnout starts model servers
+(``turnout.io.processes.serve_command``) on a free loopback port, asked for a few rows over the
+v2 protocol, checked (200, output ``probability`` FP32 [N] with finite values in [0, 1], the
+``x-turnout-model-version`` header, the same numbers as the model in-process), and stopped with
+its workers. Every failure, a timeout included, comes back as ``(False, reason)``.
 
 This lives in ``workflows`` rather than ``training``: starting and stopping servers uses
 ``services.controller.supervisor``, which the training library must not depend on.
@@ -35,18 +35,21 @@ import httpx
 import numpy as np
 import orjson
 
-from turnout.settings import use_local_model_store
+from turnout.io.settings import use_local_model_store
 
 use_local_model_store()
 
 import bentoml  # noqa: E402  (BENTOML_HOME must be set first)
 from bentoml._internal.models import ModelStore  # noqa: E402  (no public way to pick a store)
 
-from services.controller.supervisor import free_port, terminate  # noqa: E402
 from training import store  # noqa: E402
 from training.data import FRAUD_SCHEMA, features_matrix, generate  # noqa: E402
 from training.model import predict_proba  # noqa: E402
-from turnout.launch import serve_command  # noqa: E402
+from turnout.io.processes import (  # noqa: E402
+    free_port,
+    serve_command,
+    terminate,
+)
 
 INPUT, OUTPUT = "features", "probability"
 VERSION_HEADER = "x-turnout-model-version"

@@ -40,9 +40,9 @@ from training.data import LABEL, DataError, Drift, fingerprint, generate, load_t
 from training.gate import GateReport, GateThresholds, run_gate
 from training.model import predict_proba, state_hash
 from training.train import train as fit
-from turnout import drift
-from turnout.settings import settings, use_local_model_store
-from turnout.spec import ModelDeploymentSpec, VersionRef
+from turnout.core import drift
+from turnout.core.spec import ModelDeploymentSpec, VersionRef
+from turnout.io.settings import settings, use_local_model_store
 from workflows.targets import DeploymentTarget
 
 log = logging.getLogger("turnout.workflows")
@@ -333,7 +333,7 @@ class FeatureDrift(Record):
     name: str
     kind: str
     psi: float
-    #: ok / warn / alert (turnout/drift.py's reading of the PSI).
+    #: ok / warn / alert (turnout/core/drift.py's reading of the PSI).
     level: str
     #: "ks" (numeric) or "chi2" (categorical).
     test: str
@@ -892,7 +892,7 @@ def _build_bento(tag: str, out: Path) -> None:
 def _bento_context() -> Path:
     """The directory holding bentofile.yaml: the source checkout, or the image's WORKDIR (an
     installed package lives in site-packages, without it)."""
-    from turnout.launch import project_root
+    from turnout.io.processes import project_root
 
     for root in (project_root(), Path.cwd()):
         if (root / "bentofile.yaml").is_file():

@@ -5,7 +5,7 @@ cluster; the pipeline needs the same two things from either: the spec (which ver
 stable, which model it serves) and a way to set ``spec.candidate``. The decision is
 :func:`propose_change`, pure and shared; :class:`LocalTarget` writes it with the file store's
 locked update, :class:`ClusterTarget` as a JSON merge patch at the object's
-``resourceVersion`` through turnout/kube.py, re-reading on Conflict (the operator writes the
+``resourceVersion`` through turnout/io/kube.py, re-reading on Conflict (the operator writes the
 object all the time), as ``kubectl turnout`` does.
 """
 
@@ -19,11 +19,11 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from turnout import actions
-from turnout.actions import ActionError, Change
-from turnout.deployments import DeploymentStore
-from turnout.kube import Conflict, KubeApi, NotFound, Obj
-from turnout.spec import ModelDeployment, ModelDeploymentSpec, SpecError, VersionRef, describe
+from turnout.core import actions
+from turnout.core.actions import ActionError, Change
+from turnout.core.spec import ModelDeployment, ModelDeploymentSpec, SpecError, VersionRef, describe
+from turnout.io.deployments import DeploymentStore
+from turnout.io.kube import Conflict, KubeApi, NotFound, Obj
 
 #: Reads and patches before giving up when someone else keeps writing the object first.
 ATTEMPTS = 3
@@ -78,7 +78,7 @@ def propose_change(spec: ModelDeploymentSpec, *, name: str, ref: VersionRef) -> 
 
 
 class LocalTarget:
-    """ModelDeployments in ``$TURNOUT_HOME/deployments`` (turnout/deployments.py)."""
+    """ModelDeployments in ``$TURNOUT_HOME/deployments`` (turnout/io/deployments.py)."""
 
     def __init__(self, home: Path) -> None:
         self.store = DeploymentStore(home)
@@ -127,7 +127,7 @@ class LocalTarget:
 
 
 class ClusterTarget:
-    """ModelDeployments in a cluster, through turnout/kube.py; connects on first use."""
+    """ModelDeployments in a cluster, through turnout/io/kube.py; connects on first use."""
 
     def __init__(self, connect: Callable[[], KubeApi], *, namespace: str | None = None) -> None:
         self._connect = connect

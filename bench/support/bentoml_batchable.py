@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from turnout.settings import use_local_model_store
+from turnout.io.settings import use_local_model_store
 
 use_local_model_store()
 

@@ -2,7 +2,7 @@
 arrived, which version answered it and whether the router retried it on stable after the
 candidate failed.
 
-``turnout.traffic.Traffic`` only counts replies; a benchmark that asks "when did the last
+``turnout.cli.traffic.Traffic`` only counts replies; a benchmark that asks "when did the last
 request reach the candidate?" needs each request's own times. Each thread keeps one keep-alive
 connection (``http.client``: a few hundred microseconds of CPU per request, so the client does
 not crowd the servers on a small machine) and sends on its own fixed timetable; a thread that

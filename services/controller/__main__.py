@@ -18,9 +18,9 @@ from pathlib import Path
 
 from services.controller.local import LocalController
 from services.controller.supervisor import Supervisor
-from turnout.deployments import DeploymentStore
-from turnout.observation import MetricsProvider
-from turnout.settings import settings, use_local_model_store
+from turnout.core.observation import MetricsProvider
+from turnout.io.deployments import DeploymentStore
+from turnout.io.settings import settings, use_local_model_store
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,11 +33,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from turnout import actions, isvc, rollout
-from turnout.kube import Conflict, KubeApi, KubeError, NotFound, Obj
-from turnout.observation import MetricsProvider, observe
-from turnout.rollout import Decision
-from turnout.spec import (
+from turnout.core import actions, isvc, rollout
+from turnout.core.observation import MetricsProvider, observe
+from turnout.core.rollout import Decision
+from turnout.core.spec import (
     ACTION_ANNOTATION,
     Action,
     ModelDeployment,
@@ -51,6 +50,7 @@ from turnout.spec import (
     dump,
     parse_deployment,
 )
+from turnout.io.kube import Conflict, KubeApi, KubeError, NotFound, Obj
 
 log = logging.getLogger("turnout.operator")
 

@@ -24,10 +24,9 @@ from pathlib import Path
 import yaml
 
 from services.controller.supervisor import Supervisor, Want
-from turnout import rollout
-from turnout.deployments import DeploymentStore, NotFound, State
-from turnout.observation import MetricsProvider, observe
-from turnout.spec import (
+from turnout.core import rollout
+from turnout.core.observation import MetricsProvider, observe
+from turnout.core.spec import (
     ACTION_ANNOTATION,
     Action,
     ModelDeployment,
@@ -40,6 +39,7 @@ from turnout.spec import (
     dump,
     route_for,
 )
+from turnout.io.deployments import DeploymentStore, NotFound, State
 
 log = logging.getLogger("turnout.controller")
 

@@ -33,10 +33,10 @@ import kopf
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from services.controller.cluster import ClusterController, Outcome
-from turnout import isvc
-from turnout.crd import GROUP, PLURAL, VERSION
-from turnout.kube import KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION
-from turnout.spec import Phase
+from turnout.core import isvc
+from turnout.core.crd import GROUP, PLURAL, VERSION
+from turnout.core.spec import Phase
+from turnout.io.kube import KSERVE_GROUP, KSERVE_PLURAL, KSERVE_VERSION
 
 log = logging.getLogger("turnout.operator")
 
@@ -172,7 +172,7 @@ def register(handlers: Handlers, registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same credentials as turnout/kube.py: in-cluster service account or kubeconfig.
+        # The same credentials as turnout/io/kube.py: in-cluster service account or kubeconfig.
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from services.controller.prometheus import PrometheusProvider
-    from turnout.kube import Kube, KubeError
+    from turnout.io.kube import Kube, KubeError
 
     try:
         kube = Kube.connect()

@@ -1,5 +1,6 @@
-"""MetricsProvider on the Prometheus HTTP API: the queries in promql.py, answered by
-``GET /api/v1/query``. Used in the cluster, and locally when ``promserver`` runs one.
+"""MetricsProvider on the Prometheus HTTP API: the queries in queries.py, answered by
+``GET /api/v1/query``. Used in the cluster, and locally when the platform runs a Prometheus
+(turnout/cli/prometheus_server.py).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from services.controller import promql
-from turnout.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
+from services.controller import queries
+from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
 
 
 class PrometheusProvider:
@@ -23,37 +24,37 @@ class PrometheusProvider:
         *,
         timeout: float = 5.0,
         scrape_interval_s: float = 15.0,
-        min_drift_rows: int = promql.MIN_DRIFT_ROWS,
+        min_drift_rows: int = queries.MIN_DRIFT_ROWS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``scrape_interval_s`` is the interval Prometheus scrapes the router at: windows
-        shorter than four of them are widened (promql.window)."""
+        shorter than four of them are widened (queries.window)."""
         self.base_url = base_url.rstrip("/")
         self.scrape_interval_s = scrape_interval_s
         self.min_drift_rows = min_drift_rows
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
     def observe(self, query: MetricsQuery) -> Metrics:
-        window = promql.window(query.window_s, scrape_interval_s=self.scrape_interval_s)
+        window = queries.window(query.window_s, scrape_interval_s=self.scrape_interval_s)
         at = time.time()  # one evaluation instant: every number describes the same window
         model = query.model
 
         def version(variant: str, name: str) -> VersionMetrics:
             return VersionMetrics(
-                requests=self._value(promql.requests(model, variant, name, window), at) or 0.0,
-                error_rate=self._value(promql.error_rate(model, variant, name, window), at),
-                p99_ms=self._value(promql.p99_ms(model, variant, name, window), at),
+                requests=self._value(queries.requests(model, variant, name, window), at) or 0.0,
+                error_rate=self._value(queries.error_rate(model, variant, name, window), at),
+                p99_ms=self._value(queries.p99_ms(model, variant, name, window), at),
                 prediction_psi=self._value(
-                    promql.prediction_psi(model, name, min_rows=self.min_drift_rows), at
+                    queries.prediction_psi(model, name, min_rows=self.min_drift_rows), at
                 ),
             )
 
         return Metrics(
             stable=version("stable", query.stable_version),
             candidate=version(query.candidate_variant, query.candidate_version),
-            shadow_agreement=self._value(promql.shadow_agreement(model, window), at),
-            shadow_compared=self._value(promql.shadow_compared(model, window), at) or 0.0,
-            ab=promql.read_ab_moments(self._query(promql.ab_moments(model), at)),
+            shadow_agreement=self._value(queries.shadow_agreement(model, window), at),
+            shadow_compared=self._value(queries.shadow_compared(model, window), at) or 0.0,
+            ab=queries.read_ab_moments(self._query(queries.ab_moments(model), at)),
         )
 
     def _value(self, expr: str, at: float) -> float | None:

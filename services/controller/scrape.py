@@ -24,8 +24,8 @@ from types import TracebackType
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.controller import promql
-from turnout.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
+from services.controller import queries
+from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
 
 log = logging.getLogger("turnout.controller")
 
@@ -33,9 +33,9 @@ Labels = tuple[tuple[str, str], ...]
 #: (sample name, sorted labels) -> value
 Samples = dict[tuple[str, Labels], float]
 
-BUCKET = f"{promql.DURATION}_bucket"
+BUCKET = f"{queries.DURATION}_bucket"
 #: The router samples whose increases the queries need; only these are kept between scrapes.
-COUNTERS = frozenset({promql.CALLS, BUCKET, promql.AGREEMENT})
+COUNTERS = frozenset({queries.CALLS, BUCKET, queries.AGREEMENT})
 #: Scrapes kept at most, whatever the windows asked for.
 MAX_HISTORY = 4096
 
@@ -114,7 +114,7 @@ class ScrapeProvider:
         servers: Callable[[], Mapping[str, str]],
         *,
         timeout: float = 5.0,
-        min_drift_rows: int = promql.MIN_DRIFT_ROWS,
+        min_drift_rows: int = queries.MIN_DRIFT_ROWS,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -138,7 +138,7 @@ class ScrapeProvider:
         scraped: dict[str, Samples | None] = {}
 
         def version(variant: str, name: str) -> VersionMetrics:
-            calls = select(delta, promql.CALLS, model=model, variant=variant, version=name)
+            calls = select(delta, queries.CALLS, model=model, variant=variant, version=name)
             total = sum(v for _, v in calls)
             failed = sum(v for labels, v in calls if labels.get("result") == "error")
             buckets = [
@@ -153,7 +153,7 @@ class ScrapeProvider:
                 prediction_psi=self._psi(model, name, servers.get(name), scraped),
             )
 
-        agreement = select(delta, promql.AGREEMENT, model=model)
+        agreement = select(delta, queries.AGREEMENT, model=model)
         compared = sum(v for _, v in agreement)
         agreed = sum(v for labels, v in agreement if labels.get("agree") == "true")
         return Metrics(
@@ -161,7 +161,7 @@ class ScrapeProvider:
             candidate=version(query.candidate_variant, query.candidate_version),
             shadow_agreement=agreed / compared if compared > 0 else None,
             shadow_compared=compared,
-            ab=promql.read_ab_moments(select(current, promql.AB, model=model)),
+            ab=queries.read_ab_moments(select(current, queries.AB, model=model)),
         )
 
     def _baseline(self, now: float, window_s: float) -> Samples | None:
@@ -203,11 +203,11 @@ class ScrapeProvider:
             return None
         rows = {
             tuple(sorted(labels.items())): value
-            for labels, value in select(samples, promql.DRIFT_ROWS, model=model, version=version)
+            for labels, value in select(samples, queries.DRIFT_ROWS, model=model, version=version)
         }
         values = [
             value
-            for labels, value in select(samples, promql.PSI, model=model, version=version)
+            for labels, value in select(samples, queries.PSI, model=model, version=version)
             if rows.get(tuple(sorted(labels.items())), 0.0) >= self.min_drift_rows
             and math.isfinite(value)
         ]

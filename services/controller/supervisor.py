@@ -13,12 +13,9 @@ starting new ones — a restart loses no traffic.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -29,7 +26,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from turnout.launch import serve_command
+from turnout.io.processes import free_port, serve_command, terminate
 
 log = logging.getLogger("turnout.controller")
 
@@ -217,13 +214,6 @@ class Supervisor:
         os.replace(tmp, self.targets_file)
 
 
-def free_port() -> int:
-    """A port nothing listens on now, on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _is_ours(pid: int, tag: str) -> bool:
     """The pid is still a model server for ``tag`` (not a recycled pid)."""
     try:
@@ -231,19 +221,3 @@ def _is_ours(pid: int, tag: str) -> bool:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
     return bool(env.get("TURNOUT_MODEL") == tag)
-
-
-def terminate(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM a server and everything under it (bentoml workers start their own sessions)."""
-    try:
-        root = psutil.Process(pid)
-        family = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()

@@ -3,7 +3,7 @@ recent rows against the training reference, and inference errors by reason.
 
 The request path only appends to a pending list; a background task folds pending rows into
 the window every ``FLUSH_INTERVAL_S`` seconds and refreshes the gauges, so monitoring never adds
-latency to a prediction. PSI itself comes from turnout.drift, the same code the validation
+latency to a prediction. PSI itself comes from turnout.core.drift, the same code the validation
 gate and the retrain trigger use.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.histograms import observe_many
 from services.periodic import Periodic
-from services.prom import observe_many
-from turnout import drift
+from turnout.core import drift
 
 SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 #: How often pending rows are folded into the drift window and the gauges refreshed.

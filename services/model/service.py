@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from turnout.settings import settings, use_local_model_store
+from turnout.io.settings import settings, use_local_model_store
 
 use_local_model_store()
 
@@ -39,7 +39,8 @@ from services.model.batching import MicroBatcher  # noqa: E402
 from services.model.monitor import ModelMonitor  # noqa: E402
 from training import store  # noqa: E402
 from training.model import predict_proba  # noqa: E402
-from turnout import __version__, v2  # noqa: E402
+from turnout import __version__  # noqa: E402
+from turnout.core import inference_protocol as oip  # noqa: E402
 
 log = logging.getLogger("turnout.model")
 SETTINGS = settings()
@@ -99,7 +100,7 @@ class Runtime:
             bad = (codes != np.round(codes)) | (codes < 0) | (codes >= cardinality)
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise v2.ProtocolError(
+                raise oip.ProtocolError(
                     400,
                     f"feature {name!r} (column {col}) at row {row} is {codes[row]:g}; "
                     f"expected a category code 0..{cardinality - 1}",
@@ -146,7 +147,7 @@ def _error(runtime: Runtime | None, status: int, message: str, reason: str) -> R
     if runtime is not None:
         runtime.monitor.error(reason)
         headers[VERSION_HEADER] = runtime.version
-    return Response(v2.error_body(message), status, headers, media_type="application/json")
+    return Response(oip.error_body(message), status, headers, media_type="application/json")
 
 
 def _json(runtime: Runtime, doc: dict[str, Any], status: int = 200) -> Response:
@@ -205,15 +206,15 @@ async def infer(request: Request) -> Response:
         return _error(rt, 404, msg, "unknown_model")
     body = await request.body()
     try:
-        req = v2.decode_infer(
+        req = oip.decode_infer(
             body,
-            header_length=request.headers.get(v2.HEADER_LENGTH),
+            header_length=request.headers.get(oip.HEADER_LENGTH),
             input_name=INPUT,
             n_features=rt.n_features,
             max_rows=SETTINGS.max_rows,
         )
         rt.check(req.features)
-    except v2.ProtocolError as exc:
+    except oip.ProtocolError as exc:
         return _error(
             rt, exc.status, exc.message, "too_large" if exc.status == 413 else "bad_input"
         )
@@ -221,7 +222,7 @@ async def infer(request: Request) -> Response:
         scores = await rt.predict(req.features)
     except InferenceFailed as exc:
         return _error(rt, 500, exc.message, exc.reason)
-    payload, headers = v2.encode_infer(
+    payload, headers = oip.encode_infer(
         model_name=rt.name,
         model_version=rt.version,
         request_id=req.id,
@@ -310,12 +311,12 @@ class FraudModel:
                     else np.zeros((0, rt.n_features), dtype=np.float32)
                 )
             except ValueError:
-                raise v2.ProtocolError(
+                raise oip.ProtocolError(
                     400, f"{INPUT!r} must be a list of rows of equal length (numbers)"
                 ) from None
-            checked = v2.check_features(array, INPUT, rt.n_features, SETTINGS.max_rows)
+            checked = oip.check_features(array, INPUT, rt.n_features, SETTINGS.max_rows)
             rt.check(checked)
-        except v2.ProtocolError as exc:
+        except oip.ProtocolError as exc:
             rt.monitor.error("too_large" if exc.status == 413 else "bad_input")
             ctx.response.status_code = exc.status
             return {"error": exc.message}

@@ -1,7 +1,7 @@
 """The stable endpoint: one URL per model, traffic moved between its versions.
 
 A raw ASGI app (no framework in the hot path) with one pooled aiohttp session. Per request:
-pick the arm (turnout.assign), forward the body untouched, retry a failed candidate once on
+pick the arm (turnout.core.assign), forward the body untouched, retry a failed candidate once on
 stable, answer with the fallback when stable fails too, and mirror a sample to the shadow in the
 background. Nothing per request is stored: A/B feedback recomputes the arm from its key.
 """
@@ -24,12 +24,13 @@ import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.histograms import observe_many
 from services.http import Receive, Scope, Send
-from services.prom import observe_many
 from services.router.metrics import RouterMetrics
-from turnout import __version__, v2
-from turnout.assign import Arm, assign
-from turnout.spec import ModelRoute, RouteTable, Upstream
+from turnout import __version__
+from turnout.core import inference_protocol as oip
+from turnout.core.assign import Arm, assign
+from turnout.core.spec import ModelRoute, RouteTable, Upstream
 
 log = logging.getLogger("turnout.router")
 access = logging.getLogger("turnout.router.access")
@@ -198,7 +199,7 @@ class Router:
 
     async def _error(self, send: Send, status: int, message: str, **extra: str) -> None:
         await _respond(
-            send, status, v2.error_body(message), {"content-type": "application/json", **extra}
+            send, status, oip.error_body(message), {"content-type": "application/json", **extra}
         )
 
     def _route(self, name: str) -> ModelRoute | None:
@@ -361,7 +362,7 @@ class Router:
             "x-request-id": out["x-request-id"],
             "content-type": "application/json",
         }
-        rows = v2.rows_of(body, header_length=headers.get("inference-header-content-length"))
+        rows = oip.rows_of(body, header_length=headers.get("inference-header-content-length"))
         if kind == "predict":
             try:
                 rows = len(orjson.loads(body)["features"])
@@ -381,7 +382,7 @@ class Router:
                 }
             return 200, _json(doc), base
         message = f"{fb.message} ({reply.reason})"
-        return 503, v2.error_body(message), base
+        return 503, oip.error_body(message), base
 
     async def _forward(
         self,
@@ -500,13 +501,13 @@ class Router:
                 a = np.asarray(orjson.loads(primary.body)["probability"], dtype=np.float64)
                 b = np.asarray(orjson.loads(shadow.body)["probability"], dtype=np.float64)
             else:
-                a = v2.decode_output(
-                    primary.body, header_length=primary.headers.get(v2.HEADER_LENGTH)
+                a = oip.decode_output(
+                    primary.body, header_length=primary.headers.get(oip.HEADER_LENGTH)
                 ).astype(np.float64)
-                b = v2.decode_output(
-                    shadow.body, header_length=shadow.headers.get(v2.HEADER_LENGTH)
+                b = oip.decode_output(
+                    shadow.body, header_length=shadow.headers.get(oip.HEADER_LENGTH)
                 ).astype(np.float64)
-        except (v2.ProtocolError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (oip.ProtocolError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             self.metrics.shadow_requests.labels(name, "unreadable").inc()
             return
         if a.shape != b.shape:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from services.periodic import Periodic
-from turnout.spec import RouteTable, SpecError, parse_route_table
+from turnout.core.spec import RouteTable, SpecError, parse_route_table
 
 log = logging.getLogger("turnout.router")
 

@@ -35,8 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from turnout.kube import Gone, KubeApi, KubeError, Obj, WatchEvent
-from turnout.spec import (
+from turnout.core.spec import (
     Fallback,
     ModelRoute,
     RouteTable,
@@ -45,6 +44,7 @@ from turnout.spec import (
     describe,
     route_from,
 )
+from turnout.io.kube import Gone, KubeApi, KubeError, Obj, WatchEvent
 
 log = logging.getLogger("turnout.router")
 

@@ -20,9 +20,9 @@ from services.http import BodyLimit, Receive, Scope, Send
 from services.router.app import Router
 from services.router.file_source import FileRouteSource
 from services.router.kube_source import KubeRouteSource
-from turnout.kube import Kube, KubeApi, KubeError
-from turnout.settings import settings
-from turnout.spec import RouteTable, SpecError
+from turnout.core.spec import RouteTable, SpecError
+from turnout.io.kube import Kube, KubeApi, KubeError
+from turnout.io.settings import settings
 
 log = logging.getLogger("turnout.router")
 

@@ -2,7 +2,7 @@
 
 ``turnout_router_upstream_*`` count and time every inference attempt on a version, shadow
 copies included (a candidate call retried on stable is two attempts), so the controller's
-error-rate and latency checks (services/controller/promql.py) see candidate failures that the
+error-rate and latency checks (services/controller/queries.py) see candidate failures that the
 caller never saw.
 """
 

@@ -29,7 +29,7 @@ def test_every_demo_story_behaves_and_leaves_the_users_home_alone(tmp_path: Path
     env = {**os.environ, "TURNOUT_HOME": str(tmp_path)}
     env.pop("BENTOML_HOME", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "turnout.cli", "demo"],
+        [sys.executable, "-m", "turnout", "demo"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -20,17 +20,17 @@ import httpx
 import pytest
 import yaml
 
-from services.platform import LocalPlatform
 from tests.servers import ROOT, free_port
-from turnout.deployments import DeploymentStore
-from turnout.traffic import Traffic
+from turnout.cli.platform import LocalPlatform
+from turnout.cli.traffic import Traffic
+from turnout.io.deployments import DeploymentStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def turnout(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "turnout.cli", *args],
+        [sys.executable, "-m", "turnout", *args],
         env={**os.environ, "TURNOUT_HOME": str(home)},
         cwd=ROOT,
         capture_output=True,

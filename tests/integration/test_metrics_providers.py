@@ -21,16 +21,17 @@ import httpx
 import numpy as np
 import pytest
 
-from services.controller import promql, promserver
+from services.controller import queries
 from services.controller.prometheus import PrometheusProvider
 from services.controller.scrape import ScrapeProvider, histogram_quantile
 from tests.servers import free_port, process, router, served
 from training import store
 from training.data import features_matrix, generate
 from training.model import predict_proba
-from turnout.assign import Arm, assign
-from turnout.observation import Metrics, MetricsQuery, MetricsUnavailable
-from turnout.stats import Moments
+from turnout.cli import prometheus_server
+from turnout.core.assign import Arm, assign
+from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable
+from turnout.core.stats import Moments
 
 slow = pytest.mark.slow
 
@@ -148,8 +149,8 @@ def platform(trained, tmp_path_factory, prometheus_dir) -> Iterator[Platform]:
     servers = {"v1": v1_url, "slow": flaky_url}
 
     targets = prometheus_dir / "targets.json"
-    promserver.write_targets(targets, {"v1": v1_url})
-    promserver.write_config(
+    prometheus_server.write_targets(targets, {"v1": v1_url})
+    prometheus_server.write_config(
         prometheus_dir,
         router_url=router_url,
         targets_file=targets,
@@ -159,34 +160,34 @@ def platform(trained, tmp_path_factory, prometheus_dir) -> Iterator[Platform]:
     prom_url = f"http://127.0.0.1:{prom_port}"
 
     with flaky, v1, front, httpx.Client(base_url=router_url, timeout=10) as client:
-        prom = promserver.start(prometheus_dir, port=prom_port)
+        prom = prometheus_server.start(prometheus_dir, port=prom_port)
         try:
-            promserver.wait_ready(prom_url, proc=prom)
+            prometheus_server.wait_ready(prom_url, proc=prom)
             # Traffic only once Prometheus holds the zero-valued series of every upstream.
-            _until(lambda: _prom(prom_url, f"count({promql.CALLS})") == 6, "the router scraped")
+            _until(lambda: _prom(prom_url, f"count({queries.CALLS})") == 6, "the router scraped")
             _until(lambda: _prom(prom_url, 'sum(up{job="turnout-model"})') == 1, "v1 scraped")
 
             scrape = ScrapeProvider(router_url, lambda: servers)
             first = {"canary": scrape.observe(CANARY), "shadow": scrape.observe(SHADOW)}
             expected = _drive(client, tag)
             _until(
-                lambda: _metric(client.get("/metrics").text, promql.AGREEMENT) == REQUESTS,
+                lambda: _metric(client.get("/metrics").text, queries.AGREEMENT) == REQUESTS,
                 "every shadow copy compared",
             )
             rows_on_v1 = expected["stable_calls"] + REQUESTS  # stable calls plus shadow copies
 
             def v1_flushed() -> float | None:
                 text = httpx.get(f"{v1_url}/metrics").text
-                if _metric(text, promql.DRIFT_ROWS) != rows_on_v1:
+                if _metric(text, queries.DRIFT_ROWS) != rows_on_v1:
                     return None
-                return _metric(text, promql.PSI) or None
+                return _metric(text, queries.PSI) or None
 
             psi = _until(v1_flushed, "the v1 drift window to take every row")
             calls = expected["stable_calls"] + expected["candidate_calls"] + REQUESTS
-            _until(lambda: _prom(prom_url, f"sum({promql.CALLS})") == calls, "final counts")
-            _until(lambda: _prom(prom_url, f"max({promql.PSI})") == psi, "final PSI")
+            _until(lambda: _prom(prom_url, f"sum({queries.CALLS})") == calls, "final counts")
+            _until(lambda: _prom(prom_url, f"max({queries.PSI})") == psi, "final PSI")
             _until(
-                lambda: _prom(prom_url, f'sum({promql.AB}{{stat="count"}})') == FEEDBACK,
+                lambda: _prom(prom_url, f'sum({queries.AB}{{stat="count"}})') == FEEDBACK,
                 "final feedback",
             )
             scraped = {
@@ -333,7 +334,7 @@ def test_psi_needs_a_full_enough_drift_window(platform: Platform) -> None:
     ],
 )
 def test_windows_hold_at_least_four_scrapes(window_s, interval_s, want) -> None:
-    assert promql.window(window_s, scrape_interval_s=interval_s) == want
+    assert queries.window(window_s, scrape_interval_s=interval_s) == want
 
 
 # --- when the endpoint is down --------------------------------------------------------------
@@ -382,16 +383,16 @@ def test_prometheus_errors_are_reported_with_the_query() -> None:
 
 
 def _exposition(ok: float, error: float, buckets: dict[str, float]) -> str:
-    calls = promql.CALLS
+    calls = queries.CALLS
     lines = [
         f"# TYPE {calls.removesuffix('_total')} counter",
         f'{calls}{{model="fraud",variant="candidate",version="slow",result="ok"}} {ok}',
         f'{calls}{{model="fraud",variant="candidate",version="slow",result="error"}} {error}',
-        f"# TYPE {promql.DURATION} histogram",
+        f"# TYPE {queries.DURATION} histogram",
     ]
     for le, count in buckets.items():
         lines.append(
-            f'{promql.DURATION}_bucket{{model="fraud",variant="candidate",version="slow",le="{le}"}}'
+            f'{queries.DURATION}_bucket{{model="fraud",variant="candidate",version="slow",le="{le}"}}'
             f" {count}"
         )
     return "\n".join(lines) + "\n"

@@ -21,9 +21,9 @@ from click.testing import CliRunner, Result
 
 from training import store
 from training.data import MERCHANT_CATEGORIES, Drift, generate
-from turnout.deployments import DeploymentStore
-from turnout.settings import settings
-from turnout.spec import VersionRef, parse_deployment
+from turnout.core.spec import VersionRef, parse_deployment
+from turnout.io.deployments import DeploymentStore
+from turnout.io.settings import settings
 from workflows import steps
 from workflows.cli import pipeline
 

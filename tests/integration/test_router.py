@@ -20,7 +20,7 @@ from tests.servers import fake_upstream, kill_tree, router, served
 from training import store
 from training.data import features_matrix, generate
 from training.model import predict_proba
-from turnout.assign import Arm, assign
+from turnout.core.assign import Arm, assign
 
 pytestmark = pytest.mark.slow
 ROWS = features_matrix(generate(200, seed=41))

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from services.controller.supervisor import free_port
 from tests.servers import fake_upstream, process
+from turnout.io.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +162,7 @@ def test_router_follows_model_deployments_in_the_cluster(
     v2_url, v2 = fake_upstream(version="v2")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "turnout.cli", "route", "--kube", "--port", str(port)]
+    args = [sys.executable, "-m", "turnout", "route", "--kube", "--port", str(port)]
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     stub.items = [deployment(v1_url)]
     with (

@@ -1,4 +1,4 @@
-"""An in-memory stand-in for turnout.kube.Kube, with the API server's rules that matter here.
+"""An in-memory stand-in for turnout.io.kube.Kube, with the API server's rules that matter here.
 
 - A merge patch follows RFC 7386 (null deletes); ``metadata.resourceVersion`` in a patch is an
   optimistic lock (Conflict when stale), as on a real server.
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from turnout.kube import Conflict, KubeError, NotFound, Obj, WatchEvent
+from turnout.io.kube import Conflict, KubeError, NotFound, Obj, WatchEvent
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -188,7 +188,7 @@ class FakeKube:
 
 @pytest.fixture(autouse=True)
 def no_http(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The HTTP layer under turnout.kube must not be reached in these tests."""
+    """The HTTP layer under turnout.io.kube must not be reached in these tests."""
 
     def must_not_be_called(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the Kubernetes HTTP layer must not be called in this test")

@@ -32,9 +32,9 @@ from tests.k8s.conftest import (
 )
 from tests.k8s.validate import errors
 from training.data import FRAUD_SCHEMA
-from turnout.crd import CRD_PATH, NAME, crd_yaml
-from turnout.spec import ModelDeploymentSpec
-from turnout.v2 import decode_infer
+from turnout.core.crd import CRD_PATH, NAME, crd_yaml
+from turnout.core.inference_protocol import decode_infer
+from turnout.core.spec import ModelDeploymentSpec
 
 Obj = dict[str, Any]
 RenderValues = Callable[[str | None], list[Obj]]
@@ -167,7 +167,7 @@ def test_both_copies_of_the_crd_are_generated_from_the_spec() -> None:
     expected = crd_yaml()
     for path in (ROOT / CRD_PATH, CHART / "crds" / f"{NAME}.yaml"):
         assert path.read_text() == expected, (
-            f"{path.relative_to(ROOT)} is stale vs turnout/spec.py: run `make manifests`"
+            f"{path.relative_to(ROOT)} is stale vs turnout/core/spec.py: run `make manifests`"
         )
 
 

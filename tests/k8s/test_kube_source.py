@@ -19,8 +19,8 @@ from services.router.app import Router
 from services.router.kube_source import KubeRouteSource
 from services.router.main import build_kube, table_setter
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
-from turnout.kube import Gone, KubeError, Obj, WatchEvent
-from turnout.spec import RouteTable
+from turnout.core.spec import RouteTable
+from turnout.io.kube import Gone, KubeError, Obj, WatchEvent
 
 
 def md(

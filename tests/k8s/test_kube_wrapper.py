@@ -1,4 +1,4 @@
-"""turnout/kube.py through the real kubernetes client, against a stub API server on loopback.
+"""turnout/io/kube.py through the real kubernetes client, against a stub API server on loopback.
 
 The operator, router and plugin tests fake this module; these tests check the module itself:
 the URLs, verbs and content types it sends, and how it turns API errors into KubeError.
@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 import pytest
 from kubernetes import client
 
-from turnout.kube import Conflict, Gone, Kube, KubeError, NotFound
+from turnout.io.kube import Conflict, Gone, Kube, KubeError, NotFound
 
 MD = "/apis/turnout.dev/v1alpha1/namespaces/risk/modeldeployments"
 ISVC = "/apis/serving.kserve.io/v1beta1/namespaces/risk/inferenceservices"

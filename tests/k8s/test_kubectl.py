@@ -2,7 +2,7 @@
 
 The plugin's ``connect`` is replaced by one returning the fake (and recording the kubeconfig
 and context it was asked for); ``no_http`` makes the real client's HTTP layer fail, so every
-call must go through turnout/kube.py's interface.
+call must go through turnout/io/kube.py's interface.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
-from turnout import kubectl
-from turnout.kube import KubeError, Obj
-from turnout.spec import ACTION_ANNOTATION
+from turnout.cli import kubectl
+from turnout.core.spec import ACTION_ANNOTATION
+from turnout.io.kube import KubeError, Obj
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC)

@@ -1,4 +1,4 @@
-"""The operator's kopf handlers, driven step by step against a faked turnout.kube.
+"""The operator's kopf handlers, driven step by step against a faked turnout.io.kube.
 
 No API server runs here: ``FakeKube`` keeps objects in memory with the server's rules that
 matter (merge patches, generation, optimistic locking, owner garbage collection), the real
@@ -20,9 +20,9 @@ from services.controller.cluster import ClusterController
 from services.controller.operator import Handlers, OperatorMetrics, configure, register
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
 from tests.k8s.validate import errors
-from turnout.kube import Conflict
-from turnout.observation import Metrics, MetricsQuery, VersionMetrics
-from turnout.spec import ACTION_ANNOTATION
+from turnout.core.observation import Metrics, MetricsQuery, VersionMetrics
+from turnout.core.spec import ACTION_ANNOTATION
+from turnout.io.kube import Conflict
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 NS = "risk"

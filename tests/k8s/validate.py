@@ -3,7 +3,7 @@
 - Core kinds (Deployment, Service, RBAC, ...): ``kubernetes-validate`` in strict mode, for
   ``K8S_VERSION``.
 - Custom resources: the official CRD schemas in ``../shared/schemas/`` (KServe, Argo Workflows,
-  Prometheus Operator), our own CRD generated from turnout/spec.py, and any CRD passed in (the
+  Prometheus Operator), our own CRD generated from turnout/core/spec.py, and any CRD passed in (the
   chart ships kopf's peering CRDs). Unknown fields are rejected, as ``kubectl apply`` does.
 """
 
@@ -20,8 +20,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from turnout.crd import crd, defaulted
-from turnout.launch import project_root
+from turnout.core.crd import crd, defaulted
+from turnout.io.processes import project_root
 
 #: A current Kubernetes release; kubernetes-validate ships its schemas.
 K8S_VERSION = "1.35.0"

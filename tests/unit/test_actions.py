@@ -1,4 +1,4 @@
-"""The operator actions (turnout/actions.py) shared by ``turnout`` and ``kubectl turnout``.
+"""The operator actions (turnout/core/actions.py) shared by ``turnout`` and ``kubectl turnout``.
 
 Table-driven: a spec and a history go in; the spec written back, the annotation set, the
 lines shown and the merge patch sent to the cluster come out, or a refusal naming why. The
@@ -15,10 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.k8s.fake_kube import merge_patch as apply_merge_patch
-from turnout import actions
-from turnout.actions import ActionError, Change
-from turnout.deployments import DeploymentStore, State
-from turnout.spec import (
+from turnout.core import actions
+from turnout.core.actions import ActionError, Change
+from turnout.core.spec import (
     ACTION_ANNOTATION,
     HistoryEntry,
     Metadata,
@@ -27,6 +26,7 @@ from turnout.spec import (
     ModelDeploymentStatus,
     dump,
 )
+from turnout.io.deployments import DeploymentStore, State
 
 T = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 
@@ -291,7 +291,7 @@ def test_merge_patch_applied_to_the_live_object_gives_the_new_spec(
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DeploymentStore:
-    from turnout import cli
+    from turnout.cli.main import main as cli
 
     ds = DeploymentStore(tmp_path)
     monkeypatch.setattr(cli, "_store", lambda: ds)
@@ -350,7 +350,7 @@ def test_local_cli_commands(
     paused: bool,
     annotation: str | None,
 ) -> None:
-    from turnout import cli
+    from turnout.cli.main import main as cli
 
     result = CliRunner().invoke(cli.main, [args[0], "fraud", *args[1:]])
     assert result.exit_code == 0, result.output
@@ -372,7 +372,7 @@ def test_local_cli_commands(
 def test_local_cli_refusals_leave_the_file_alone(
     store: DeploymentStore, args: list[str], message: str
 ) -> None:
-    from turnout import cli
+    from turnout.cli.main import main as cli
 
     before = store.path("fraud").read_text()
     result = CliRunner().invoke(cli.main, args)

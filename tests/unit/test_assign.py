@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout.assign import Arm, assign, bucket
+from turnout.core.assign import Arm, assign, bucket
 
 KEYS = [f"user-{i}" for i in range(100_000)]
 

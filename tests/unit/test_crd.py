@@ -1,4 +1,4 @@
-"""The ModelDeployment CRD: generated from turnout/spec.py, structural, and as strict as the models.
+"""The ModelDeployment CRD: generated from turnout/core/spec.py, structural, strict as the models.
 
 No API server runs here, so the schema is checked the ways one would use it: documents are
 validated with jsonschema (unknown fields rejected, as `kubectl apply` does by default), the
@@ -22,10 +22,9 @@ from celpy import celtypes
 from click.testing import CliRunner
 
 from tests.k8s.validate import validator
-from turnout.cli import main
-from turnout.crd import CRD_PATH, DURATION_PATTERN, RULES, crd, crd_yaml, defaulted
-from turnout.launch import project_root
-from turnout.spec import (
+from turnout.cli.main import main
+from turnout.core.crd import CRD_PATH, DURATION_PATTERN, RULES, crd, crd_yaml, defaulted
+from turnout.core.spec import (
     ABTestStrategy,
     Analysis,
     ArmSummary,
@@ -53,6 +52,7 @@ from turnout.spec import (
     parse_deployment,
     seconds,
 )
+from turnout.io.processes import project_root
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 VERSION = crd()["spec"]["versions"][0]
@@ -126,7 +126,9 @@ def test_checked_in_crd_is_current() -> None:
 
 def test_yaml_says_it_is_generated_and_reads_back_as_the_crd() -> None:
     text = crd_yaml()
-    assert text.startswith("# Generated from turnout/spec.py by `turnout render crd`; do not edit.")
+    assert text.startswith(
+        "# Generated from turnout/core/spec.py by `turnout render crd`; do not edit."
+    )
     assert "&id" not in text  # no YAML anchors
     assert yaml.safe_load(text) == crd()
     assert crd_yaml() == text

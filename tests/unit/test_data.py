@@ -8,7 +8,7 @@ import pytest
 
 from training import data
 from training.data import FRAUD_SCHEMA, DataError, Drift, generate, load_table
-from turnout import drift as psi
+from turnout.core import drift as psi
 
 
 def test_generator_has_the_promised_shape() -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout import drift
+from turnout.core import drift
 
 
 def test_same_distribution_has_psi_near_zero() -> None:

@@ -15,10 +15,10 @@ import yaml
 from click.testing import CliRunner
 
 from services.controller.local import LocalController
-from turnout import cli
-from turnout.deployments import DeploymentStore
-from turnout.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
-from turnout.spec import ACTION_ANNOTATION, Phase, parse_deployment
+from turnout.cli.main import main as cli
+from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
+from turnout.core.spec import ACTION_ANNOTATION, Phase, parse_deployment
+from turnout.io.deployments import DeploymentStore
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

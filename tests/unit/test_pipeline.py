@@ -3,7 +3,7 @@ parameters, the records steps exchange, proposing a candidate, notifying, the CL
 
 The runner is exercised with fake steps over the same StepSpec type the real DAG uses; the
 cluster propose goes through FakeKube with the Kubernetes HTTP layer made to fail (``no_http``),
-so every call must use turnout/kube.py's interface. End-to-end runs with a real model are in
+so every call must use turnout/io/kube.py's interface. End-to-end runs with a real model are in
 tests/integration/test_retrain.py.
 """
 
@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
-from turnout.deployments import DeploymentStore
-from turnout.kube import Obj
-from turnout.spec import ModelDeploymentSpec, VersionRef, parse_deployment
+from turnout.core.spec import ModelDeploymentSpec, VersionRef, parse_deployment
+from turnout.io.deployments import DeploymentStore
+from turnout.io.kube import Obj
 from workflows import steps
 from workflows.cli import pipeline
 from workflows.pipeline import RETRAIN, StepContext, StepSpec, When, check_order
@@ -313,7 +313,7 @@ def test_a_failed_validation_is_a_failure_with_its_checks() -> None:
 def test_binned_ks_is_zero_on_the_reference_and_grows_with_a_shift() -> None:
     import numpy as np
 
-    from turnout import drift
+    from turnout.core import drift
 
     rng = np.random.default_rng(0)
     ref = drift.numeric_reference(rng.normal(0, 1, 20_000))
@@ -523,7 +523,7 @@ def test_a_webhook_that_fails_is_logged_not_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A real request to a port nobody listens on.
-    from services.controller.supervisor import free_port
+    from turnout.io.processes import free_port
 
     params = RetrainParams(webhook=f"http://127.0.0.1:{free_port()}/hook")
     notice = steps.notify(params, run_dir=tmp_path)
@@ -588,7 +588,7 @@ def test_cli_step_propose_in_a_cluster_patches_the_model_deployment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the Argo task runs: `turnout pipeline step propose --cluster`, after package."""
-    from turnout.kube import Kube
+    from turnout.io.kube import Kube
 
     kube = FakeKube(namespace="ml")
     kube.add_deployment(cluster_object())

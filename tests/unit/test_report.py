@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from turnout.report import last_rollout, render
-from turnout.spec import (
+from turnout.cli.report import last_rollout, render
+from turnout.core.spec import (
     ArmSummary,
     Check,
     Experiment,

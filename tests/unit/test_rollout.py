@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout import rollout
-from turnout.observation import Metrics, MetricsQuery, Observation, VersionMetrics
-from turnout.rollout import Decision, analysis_due, decide, next_analysis_at, served_versions
-from turnout.spec import (
+from turnout.core import rollout
+from turnout.core.observation import Metrics, MetricsQuery, Observation, VersionMetrics
+from turnout.core.rollout import Decision, analysis_due, decide, next_analysis_at, served_versions
+from turnout.core.spec import (
     Action,
     HistoryEntry,
     ModelDeploymentSpec,
@@ -31,7 +31,7 @@ from turnout.spec import (
     StrategyType,
     Target,
 )
-from turnout.stats import Moments
+from turnout.core.stats import Moments
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 URL = {v: f"http://fraud-{v}.models:3000" for v in ("v0", "v1", "v2", "v3", "v9")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.router.file_source import FileRouteSource
-from turnout.spec import RouteTable, SpecError, parse_route_table
+from turnout.core.spec import RouteTable, SpecError, parse_route_table
 
 GOOD = {"models": {"fraud": {"stable": {"version": "v1", "url": "http://127.0.0.1:1"}}}}
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import integrate
 from scipy import stats as sps
 
-from turnout import stats
+from turnout.core import stats
 
 ALPHA = 0.05
 IntArray = npt.NDArray[np.int64]

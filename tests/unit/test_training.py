@@ -78,7 +78,7 @@ def test_versions_are_never_overwritten(trained) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "turnout.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "turnout", *args], capture_output=True, text=True, timeout=300
     )
 
 

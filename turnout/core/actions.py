@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from turnout.spec import (
+from turnout.core.spec import (
     ACTION_ANNOTATION,
     Action,
     HistoryEntry,

@@ -1,6 +1,6 @@
 """Every PromQL query the controller runs, in one place (DESIGN §6).
 
-Each function returns the query for one number of ``turnout.observation.Metrics``; the range
+Each function returns the query for one number of ``turnout.core.observation.Metrics``; the range
 ``window`` comes from ``window()``, which clamps it so that every range holds enough scrapes.
 The metrics they read are the router's (services/router/metrics.py) and the model servers'
 (services/model/monitor.py). A query answers an empty vector or NaN when there was no data;
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from turnout.stats import Moments
+from turnout.core.stats import Moments
 
 #: rate() needs two samples in the range; four scrape intervals survive a missed scrape.
 MIN_SCRAPES_PER_WINDOW = 4

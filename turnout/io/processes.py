@@ -1,15 +1,24 @@
-"""Command lines for turnout's own processes (model servers), shared by the CLI and the
-local controller's supervisor."""
+"""Starting and stopping turnout's own local processes.
+
+The command line of a model server (shared by ``turnout serve`` and the local controller's
+supervisor), free loopback ports, and stopping a process with everything it started: one
+implementation for the platform, the workflows, the tests and the benchmarks.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from turnout.settings import settings, use_local_model_store
+import psutil
+
+from turnout.io.settings import settings, use_local_model_store
 
 
 def project_root() -> Path:
@@ -58,3 +67,26 @@ def serve_command(
         str(project_root()),
     ]
     return cmd, full
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def terminate(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM a server and everything under it (bentoml workers start their own sessions)."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()

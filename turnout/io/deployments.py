@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from turnout.spec import (
+from turnout.core.spec import (
     ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,

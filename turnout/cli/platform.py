@@ -21,9 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from services.controller import promserver
-from services.controller.supervisor import free_port
-from turnout.launch import project_root
+from turnout.cli import prometheus_server
+from turnout.io.processes import free_port, project_root
 
 
 @dataclass
@@ -79,21 +78,21 @@ class LocalPlatform:
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.routes_file.unlink(missing_ok=True)
-        if self.prometheus and promserver.binary() is not None:
+        if self.prometheus and prometheus_server.binary() is not None:
             directory = self.home / "prometheus"
             targets = directory / "targets.json"
-            promserver.write_config(
+            prometheus_server.write_config(
                 directory,
                 router_url=self.url,
                 targets_file=targets,
                 scrape_interval_s=self.scrape_interval_s,
             )
             if not targets.exists():
-                promserver.write_targets(targets, {})
+                prometheus_server.write_targets(targets, {})
             port = free_port()
-            self.procs["prometheus"] = promserver.start(directory, port=port)
+            self.procs["prometheus"] = prometheus_server.start(directory, port=port)
             self.prometheus_url = f"http://127.0.0.1:{port}"
-            promserver.wait_ready(self.prometheus_url, proc=self.procs["prometheus"])
+            prometheus_server.wait_ready(self.prometheus_url, proc=self.procs["prometheus"])
         self.start_controller()
         router = self._spawn(
             "router",

@@ -18,11 +18,8 @@ from typing import Any, ClassVar
 import click
 import yaml
 
-from turnout import actions
-from turnout.deployments import DeploymentStore, NotFound
-from turnout.launch import serve_command
-from turnout.settings import settings, use_local_model_store
-from turnout.spec import (
+from turnout.core import actions
+from turnout.core.spec import (
     API_VERSION,
     KIND,
     ModelDeployment,
@@ -34,6 +31,9 @@ from turnout.spec import (
     parse_deployment,
     seconds,
 )
+from turnout.io.deployments import DeploymentStore, NotFound
+from turnout.io.processes import serve_command
+from turnout.io.settings import settings, use_local_model_store
 
 DEFAULT_MODEL = "fraud"
 
@@ -309,8 +309,8 @@ def up(
     starts Prometheus (when installed) and the controller, canaries the newer version under
     light synthetic traffic (with A/B feedback) and shows `turnout status --watch`.
     """
-    from services.platform import LocalPlatform
-    from turnout.traffic import Traffic, conversion
+    from turnout.cli.platform import LocalPlatform
+    from turnout.cli.traffic import Traffic, conversion
 
     every = _duration_option("--retrain-every", retrain_every) if retrain_every else None
     if every is not None:
@@ -438,7 +438,7 @@ class _Retraining:
             run += 1
             day = run * self.DAYS_PER_RUN
             params = [f"model={self.name}", "rows=20000", f"day={day}", f"drift={self.drift}"]
-            args = [sys.executable, "-m", "turnout.cli", "pipeline", "run", "retrain"]
+            args = [sys.executable, "-m", "turnout", "pipeline", "run", "retrain"]
             args += [a for p in params for a in ("-p", p)]
             with open(self.logs / f"retrain-{run:03d}.log", "wb") as log, self._lock:
                 if self._stop.is_set():
@@ -476,8 +476,8 @@ def demo(home: str | None, interval: str, rate: float) -> None:
     lift promotes the candidate and one without ends Inconclusive (or for stable). Runs in
     its own state directory, so `turnout up`'s deployments are left alone.
     """
-    from services import demo as stories
-    from turnout.spec import seconds
+    from turnout.cli import demo as stories
+    from turnout.core.spec import seconds
 
     try:
         if seconds(interval) <= 0:
@@ -768,7 +768,7 @@ def _patch(name: str, change: Any) -> ModelDeployment:
 
 
 def _act(name: str, action: Callable[[ModelDeployment], actions.Change]) -> None:
-    """Make an operator action (turnout/actions.py) on the file store and say what it did."""
+    """Make an operator action (turnout/core/actions.py) on the file store and say what it did."""
     said: list[str] = []
 
     def change(md: ModelDeployment) -> ModelDeployment:
@@ -865,7 +865,7 @@ _ENDINGS = {
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="default: NAME-report.html")
 def report(name: str, output: str | None) -> None:
     """Write a self-contained HTML report of NAME's last rollout (charts, checks, events)."""
-    from turnout import report as reports
+    from turnout.cli import report as reports
 
     records = _store().records(name)
     if not records:
@@ -884,7 +884,7 @@ def report(name: str, output: str | None) -> None:
 
 @main.group()
 def render() -> None:
-    """Write files generated from turnout/spec.py (checked in; tests fail when they are stale)."""
+    """Write files generated from the code (checked in; tests fail when they are stale)."""
 
 
 @render.command("crd")
@@ -896,8 +896,8 @@ def render() -> None:
 )
 def render_crd(output: str | None) -> None:
     """Write the ModelDeployment CustomResourceDefinition."""
-    from turnout.crd import CRD_PATH, crd_yaml
-    from turnout.launch import project_root
+    from turnout.core.crd import CRD_PATH, crd_yaml
+    from turnout.io.processes import project_root
 
     path = Path(output) if output else project_root() / CRD_PATH
     text = crd_yaml()

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from turnout.spec import Check, Experiment, ModelDeploymentStatus, Phase, SpecError, describe
+from turnout.core.spec import Check, Experiment, ModelDeploymentStatus, Phase, SpecError, describe
 
 #: One line of the decision log: ``{"at": ..., "status": <wire status>, "events": [...]}``.
 Record = Mapping[str, Any]

@@ -1,4 +1,4 @@
-"""The ModelDeployment CustomResourceDefinition, generated from turnout/spec.py (DESIGN §2).
+"""The ModelDeployment CustomResourceDefinition, generated from turnout/core/spec.py (DESIGN §2).
 
 The pydantic models are the single source; this module turns their JSON Schema (draft
 2020-12) into the *structural* OpenAPI v3.0 schema Kubernetes requires:
@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
 
-from turnout.spec import (
+from turnout.core.spec import (
     API_VERSION,
     KIND,
     Duration,
@@ -53,7 +53,7 @@ NAME = f"{PLURAL}.{GROUP}"
 SHORT_NAMES = ["mdep"]
 #: Where `turnout render crd` writes the CRD, relative to the project root.
 CRD_PATH = f"manifests/crds/{NAME}.yaml"
-HEADER = "# Generated from turnout/spec.py by `turnout render crd`; do not edit.\n"
+HEADER = "# Generated from turnout/core/spec.py by `turnout render crd`; do not edit.\n"
 
 #: What ``spec.seconds`` accepts and ``Duration`` keeps (longer than zero), as a pattern.
 DURATION_PATTERN = r"^\s*([0-9]*[1-9][0-9]*(\.[0-9]+)?|0+\.[0-9]*[1-9][0-9]*)(ms|s|m|h|d)\s*$"

@@ -21,7 +21,7 @@ parameters (step interval, shadow duration, A/B sample sizes), never from specia
 The demo keeps its state in a TURNOUT_HOME of its own (a new ``$TURNOUT_HOME/demo/<time>-*``
 by default), so `make up`'s deployments are never touched. Process settings and BentoML's
 model store are read from the environment once per process, so ``run()`` plays the stories in
-a child process (``python -m services.demo``) that points both at the demo's home first.
+a child process (``python -m turnout.cli.demo``) that points both at the demo's home first.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from turnout.spec import Phase, seconds
+from turnout.core.spec import Phase, seconds
 
 if TYPE_CHECKING:
-    from services.platform import LocalPlatform
     from training.train import TrainResult
-    from turnout.deployments import DeploymentStore, State
-    from turnout.traffic import Traffic
+    from turnout.cli.platform import LocalPlatform
+    from turnout.cli.traffic import Traffic
+    from turnout.io.deployments import DeploymentStore, State
 
 MODEL = "fraud"
 #: Healthy versions (seeds 0 and 1); each story's candidate is whichever is not stable.
@@ -95,12 +95,12 @@ def run(*, home: Path | None, interval: str, rate: float) -> bool:
     """Play every story in a fresh child process; True when all of them behaved."""
     seconds(interval)  # a bad duration fails here, not minutes later
     if home is None:
-        from turnout.settings import settings
+        from turnout.io.settings import settings
 
         base = settings().home / "demo"
         base.mkdir(parents=True, exist_ok=True)
         home = Path(tempfile.mkdtemp(prefix=datetime.now().strftime("%Y%m%d-%H%M%S-"), dir=base))
-    cmd = [sys.executable, "-m", "services.demo", "--home", str(home.resolve())]
+    cmd = [sys.executable, "-m", "turnout.cli.demo", "--home", str(home.resolve())]
     cmd += ["--interval", interval, "--rate", str(rate)]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     # A SIGTERM for `turnout demo` goes to the child, which stops its processes in order.
@@ -113,7 +113,7 @@ def run(*, home: Path | None, interval: str, rate: float) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m turnout.cli.demo", description=__doc__)
     parser.add_argument("--home", type=Path, required=True, help="the demo's TURNOUT_HOME")
     parser.add_argument("--interval", default="3s", help="canary step / A/B look")
     parser.add_argument("--rate", type=float, default=60.0, help="synthetic requests per second")
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ["TURNOUT_HOME"] = str(home)
     os.environ["BENTOML_HOME"] = str(home / "bentoml")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    from turnout.settings import settings
+    from turnout.io.settings import settings
 
     settings.cache_clear()
     signal.signal(signal.SIGTERM, _terminate)
@@ -206,7 +206,7 @@ class Demo:
     def finish(self, version: str, since: datetime) -> State:
         """Wait until the rollout of ``version`` asked for at ``since`` has ended (settled
         phase, no candidate left in the spec), printing each change of phase and message."""
-        from turnout.rollout import SETTLED
+        from turnout.core.rollout import SETTLED
 
         start, seen = time.monotonic(), None
         while True:
@@ -314,7 +314,7 @@ def divergent_shadow(demo: Demo) -> Verdict:
 
 
 def ab_lift(demo: Demo) -> Verdict:
-    from turnout.traffic import conversion
+    from turnout.cli.traffic import conversion
 
     version = demo.healthy_candidate()
     demo.traffic.set_outcome(conversion({version: LIFTED_RATE}, BASE_RATE))
@@ -323,8 +323,8 @@ def ab_lift(demo: Demo) -> Verdict:
 
 
 def ab_no_lift(demo: Demo) -> Verdict:
-    from turnout import stats
-    from turnout.traffic import conversion
+    from turnout.cli.traffic import conversion
+    from turnout.core import stats
 
     version = demo.healthy_candidate()
     demo.traffic.set_outcome(conversion({}, BASE_RATE))
@@ -426,7 +426,7 @@ def gate_refuses(demo: Demo) -> Verdict:
 
 def _canary_policy(demo: Demo) -> None:
     """Candidates the pipeline proposes are rolled out by the deployment's strategy."""
-    from turnout.spec import ModelDeployment, StrategyType
+    from turnout.core.spec import ModelDeployment, StrategyType
 
     def canary(md: ModelDeployment) -> ModelDeployment:
         strategy = md.spec.strategy.model_copy(
@@ -451,7 +451,7 @@ def run_pipeline(run_dir: Path, *params: str) -> int:
     args = ["pipeline", "run", "retrain", "--run-dir", str(run_dir)]
     args += [a for p in (f"model={MODEL}", f"rows={TRAIN_ROWS}", *params) for a in ("-p", p)]
     click.echo(f"$ turnout {' '.join(args)}")
-    done = subprocess.run([sys.executable, "-m", "turnout.cli", *args], check=False)
+    done = subprocess.run([sys.executable, "-m", "turnout", *args], check=False)
     return done.returncode
 
 
@@ -489,10 +489,10 @@ STORIES = (
 
 
 def play(*, home: Path, interval: str, rate: float) -> bool:
-    from services.controller.supervisor import free_port
-    from services.platform import LocalPlatform
-    from turnout.deployments import DeploymentStore
-    from turnout.traffic import Traffic
+    from turnout.cli.platform import LocalPlatform
+    from turnout.cli.traffic import Traffic
+    from turnout.io.deployments import DeploymentStore
+    from turnout.io.processes import free_port
 
     begun = time.monotonic()
     click.echo(f"turnout demo: state in {home}\n")
@@ -556,7 +556,7 @@ def _tell(
 
 def _clear(store: DeploymentStore) -> None:
     """After a failed story: remove any candidate left, so the next story starts clean."""
-    from turnout.rollout import SETTLED
+    from turnout.core.rollout import SETTLED
 
     state = store.state(MODEL)
     if state.spec is not None and state.spec.candidate is not None:
@@ -662,10 +662,10 @@ def _stable_p99_ms(platform: LocalPlatform, version: str, url: str) -> tuple[flo
     Prometheus; without Prometheus, measured by calling stable's server directly."""
     import httpx
 
-    from services.controller import promql
+    from services.controller import queries
 
     if platform.prometheus_url is not None:
-        query = promql.p99_ms(MODEL, "stable", version, "30s")
+        query = queries.p99_ms(MODEL, "stable", version, "30s")
         doc = httpx.get(
             f"{platform.prometheus_url}/api/v1/query", params={"query": query}, timeout=5
         ).json()
@@ -700,7 +700,7 @@ def _measured_p99_ms(url: str, n: int = 200) -> float:
 
 def run_turnout(*args: str, quiet: bool = False) -> None:
     """Run a `turnout` command in this process, as a user would type it."""
-    from turnout import cli
+    from turnout.cli.main import main as cli
 
     if not quiet:
         click.echo(f"$ turnout {' '.join(args)}")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from turnout.stats import Moments
+from turnout.core.stats import Moments
 
 
 @dataclass(frozen=True)

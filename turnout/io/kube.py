@@ -24,9 +24,9 @@ from typing import Any, Protocol, cast
 
 from urllib3.exceptions import HTTPError
 
-from turnout.crd import GROUP, PLURAL, VERSION
+from turnout.core.crd import GROUP, PLURAL, VERSION
 
-log = logging.getLogger("turnout.kube")
+log = logging.getLogger("turnout.io.kube")
 
 KSERVE_GROUP = "serving.kserve.io"
 KSERVE_VERSION = "v1beta1"

@@ -6,14 +6,14 @@ import numpy as np
 import orjson
 import pytest
 
-from turnout import v2
+from turnout.core import inference_protocol as oip
 
 F = 3
 
 
-def decode(doc: object, *, binary: bytes = b"", max_rows: int = 10) -> v2.InferRequest:
+def decode(doc: object, *, binary: bytes = b"", max_rows: int = 10) -> oip.InferRequest:
     head = orjson.dumps(doc)
-    return v2.decode_infer(
+    return oip.decode_infer(
         head + binary,
         header_length=str(len(head)) if binary else None,
         input_name="features",
@@ -56,7 +56,7 @@ def test_binary_tensor_extension_round_trip() -> None:
     assert req.id == "r1" and req.binary_output
     assert req.features.tolist() == rows.tolist()
 
-    body, headers = v2.encode_infer(
+    body, headers = oip.encode_infer(
         model_name="m",
         model_version="v1",
         request_id=req.id,
@@ -71,7 +71,7 @@ def test_binary_tensor_extension_round_trip() -> None:
 
 
 def test_json_response_names_model_version_and_echoes_id() -> None:
-    body, headers = v2.encode_infer(
+    body, headers = oip.encode_infer(
         model_name="fraud",
         model_version="v7",
         request_id="abc",
@@ -127,7 +127,7 @@ def test_fp64_is_accepted_and_converted() -> None:
     ],
 )
 def test_bad_requests_are_rejected_with_a_reason(doc: object, status: int, message: str) -> None:
-    with pytest.raises(v2.ProtocolError) as err:
+    with pytest.raises(oip.ProtocolError) as err:
         decode(doc)
     assert err.value.status == status
     assert message in err.value.message
@@ -139,7 +139,7 @@ def test_nan_and_infinity_are_rejected_with_their_position() -> None:
     doc = tensor(None, [2, 3])
     del doc["inputs"][0]["data"]
     doc["inputs"][0]["parameters"] = {"binary_data_size": rows.nbytes}
-    with pytest.raises(v2.ProtocolError, match=r"NaN or infinity at row 1, column 1"):
+    with pytest.raises(oip.ProtocolError, match=r"NaN or infinity at row 1, column 1"):
         decode(doc, binary=rows.tobytes())
 
 
@@ -151,8 +151,8 @@ def test_nan_and_infinity_are_rejected_with_their_position() -> None:
     ],
 )
 def test_bad_binary_header_length(header: str, body: bytes, message: str) -> None:
-    with pytest.raises(v2.ProtocolError, match=message):
-        v2.decode_infer(
+    with pytest.raises(oip.ProtocolError, match=message):
+        oip.decode_infer(
             body, header_length=header, input_name="features", n_features=F, max_rows=10
         )
 
@@ -161,18 +161,18 @@ def test_binary_size_must_match_shape_and_payload() -> None:
     doc = tensor(None, [1, 3])
     del doc["inputs"][0]["data"]
     doc["inputs"][0]["parameters"] = {"binary_data_size": 8}
-    with pytest.raises(v2.ProtocolError, match="does not match shape"):
+    with pytest.raises(oip.ProtocolError, match="does not match shape"):
         decode(doc, binary=b"\0" * 8)
     doc["inputs"][0]["parameters"] = {"binary_data_size": 12}
-    with pytest.raises(v2.ProtocolError, match="too short"):
+    with pytest.raises(oip.ProtocolError, match="too short"):
         decode(doc, binary=b"\0" * 4)
-    with pytest.raises(v2.ProtocolError, match="not claimed"):
+    with pytest.raises(oip.ProtocolError, match="not claimed"):
         decode(doc, binary=b"\0" * 16)
 
 
 def test_malformed_json_is_a_400_naming_json() -> None:
-    with pytest.raises(v2.ProtocolError, match="not valid JSON") as err:
-        v2.decode_infer(
+    with pytest.raises(oip.ProtocolError, match="not valid JSON") as err:
+        oip.decode_infer(
             b"{nope", header_length=None, input_name="features", n_features=F, max_rows=1
         )
     assert err.value.status == 400

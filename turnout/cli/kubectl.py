@@ -5,12 +5,12 @@ kubectl runs any executable named ``kubectl-<name>`` on PATH for ``kubectl <name
 ``-n/--namespace``, ``--context``, ``--kubeconfig`` (else KUBECONFIG, else ~/.kube/config),
 and ``-A/--all-namespaces`` for status.
 
-The actions are turnout/actions.py's, shared with the local CLI; this module reads the
+The actions are turnout/core/actions.py's, shared with the local CLI; this module reads the
 object, asks, and sends the change as a JSON merge patch carrying the object's
 ``metadata.resourceVersion``. If anyone wrote in between (the operator updates status all the
 time) the server answers Conflict and the command reads again and decides afresh, so e.g. a
 rollback never acts on a history it did not see. Every cluster call goes through
-turnout/kube.py; tests replace :func:`connect`.
+turnout/io/kube.py; tests replace :func:`connect`.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from typing import IO, Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from turnout import actions
-from turnout.actions import ActionError, Change
-from turnout.crd import GROUP
-from turnout.kube import Conflict, Kube, KubeApi, KubeError, NotFound, Obj
-from turnout.spec import (
+from turnout.core import actions
+from turnout.core.actions import ActionError, Change
+from turnout.core.crd import GROUP
+from turnout.core.spec import (
     KIND,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Phase,
     describe,
 )
+from turnout.io.kube import Conflict, Kube, KubeApi, KubeError, NotFound, Obj
 
 #: How kubectl names the kind in its messages (``modeldeployment.turnout.dev/fraud``).
 RESOURCE = f"{KIND.lower()}.{GROUP}"

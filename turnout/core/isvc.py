@@ -20,8 +20,8 @@ import hashlib
 import json
 from typing import Any
 
-from turnout.crd import GROUP, VERSION
-from turnout.spec import ModelDeploymentSpec, Serving, VersionRef
+from turnout.core.crd import GROUP, VERSION
+from turnout.core.spec import ModelDeploymentSpec, Serving, VersionRef
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from turnout import stats
-from turnout.observation import Metrics, MetricsQuery, Observation, VersionMetrics
-from turnout.spec import (
+from turnout.core import stats
+from turnout.core.observation import Metrics, MetricsQuery, Observation, VersionMetrics
+from turnout.core.spec import (
     Action,
     Analysis,
     ArmSummary,
