@@ -844,14 +844,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _summary(checks: list[Check]) -> str:
-    parts = []
-    for c in checks:
-        op = "<=" if c.kind == "max" else ">="
-        if not c.passed:
-            op = ">" if c.kind == "max" else "<"
-        value = "no data" if c.value is None else f"{c.value:.4g}"
-        parts.append(f"{c.name} {value} {op} {c.threshold:g}")
-    return ", ".join(parts)
+    return ", ".join(c.describe() for c in checks)
 
 
 def spec_validity(

@@ -365,6 +365,24 @@ class Check(_Spec):
     passed: bool
     at: datetime
 
+    @property
+    def value_text(self) -> str:
+        """The value as every view shows it: four significant digits, or "no data"."""
+        return "no data" if self.value is None else f"{self.value:.4g}"
+
+    @property
+    def bound(self) -> str:
+        """What the value must meet, e.g. ``<= 0.01``."""
+        return f"{'<=' if self.kind == 'max' else '>='} {self.threshold:g}"
+
+    def describe(self) -> str:
+        """One line for events and logs: ``errorRate 0.2 > 0.01`` (failed), ``<=`` (passed)."""
+        if self.passed:
+            op = "<=" if self.kind == "max" else ">="
+        else:
+            op = ">" if self.kind == "max" else "<"
+        return f"{self.name} {self.value_text} {op} {self.threshold:g}"
+
 
 class ArmSummary(_Spec):
     n: float = 0
