@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
-from turnout.cli import kubectl
+from turnout.cli import kubectl, views
 from turnout.core.spec import ACTION_ANNOTATION
 from turnout.io.kube import KubeError, Obj
 
@@ -227,7 +227,7 @@ def test_status_of_a_missing_name_fails_naming_it(run: Plugin) -> None:
      (3 * 86400 + 4 * 3600, "3d4h"), (12 * 86400, "12d"), (-5, "0s")],
 )  # fmt: skip
 def test_ages_read_like_kubectl(seconds: int, shown: str) -> None:
-    assert kubectl.age(NOW - timedelta(seconds=seconds), NOW) == shown
+    assert views.age(NOW - timedelta(seconds=seconds), NOW) == shown
 
 
 # --- actions --------------------------------------------------------------------------------

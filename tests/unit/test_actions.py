@@ -291,7 +291,7 @@ def test_merge_patch_applied_to_the_live_object_gives_the_new_spec(
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DeploymentStore:
-    from turnout.cli.main import main as cli
+    from turnout.cli import main as cli
 
     ds = DeploymentStore(tmp_path)
     monkeypatch.setattr(cli, "_store", lambda: ds)
@@ -350,7 +350,7 @@ def test_local_cli_commands(
     paused: bool,
     annotation: str | None,
 ) -> None:
-    from turnout.cli.main import main as cli
+    from turnout.cli import main as cli
 
     result = CliRunner().invoke(cli.main, [args[0], "fraud", *args[1:]])
     assert result.exit_code == 0, result.output
@@ -372,7 +372,7 @@ def test_local_cli_commands(
 def test_local_cli_refusals_leave_the_file_alone(
     store: DeploymentStore, args: list[str], message: str
 ) -> None:
-    from turnout.cli.main import main as cli
+    from turnout.cli import main as cli
 
     before = store.path("fraud").read_text()
     result = CliRunner().invoke(cli.main, args)

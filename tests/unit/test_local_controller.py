@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from services.controller.local import LocalController
-from turnout.cli.main import main as cli
+from turnout.cli import main as cli
 from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
 from turnout.core.spec import ACTION_ANNOTATION, Phase, parse_deployment
 from turnout.io.deployments import DeploymentStore

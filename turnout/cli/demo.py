@@ -700,11 +700,11 @@ def _measured_p99_ms(url: str, n: int = 200) -> float:
 
 def run_turnout(*args: str, quiet: bool = False) -> None:
     """Run a `turnout` command in this process, as a user would type it."""
-    from turnout.cli.main import main as cli
+    from turnout.cli.main import main as turnout
 
     if not quiet:
         click.echo(f"$ turnout {' '.join(args)}")
-    cli.main.main(list(args), prog_name="turnout", standalone_mode=False)
+    turnout.main(list(args), prog_name="turnout", standalone_mode=False)
 
 
 def _num(value: float | None) -> str:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,14 +18,13 @@ from typing import Any, ClassVar
 import click
 import yaml
 
+from turnout.cli import views
+from turnout.cli.action_commands import Decide, add_action_commands
 from turnout.core import actions
 from turnout.core.spec import (
     API_VERSION,
     KIND,
     ModelDeployment,
-    ModelDeploymentSpec,
-    Phase,
-    Reason,
     SpecError,
     dump,
     parse_deployment,
@@ -33,20 +32,21 @@ from turnout.core.spec import (
 )
 from turnout.io.deployments import DeploymentStore, NotFound
 from turnout.io.processes import serve_command
-from turnout.io.settings import settings, use_local_model_store
+from turnout.io.settings import settings
 
 DEFAULT_MODEL = "fraud"
 
 
 class _Main(click.Group):
-    """The CLI, with heavy command groups imported only when run (``turnout --help`` and the
-    rollout commands stay fast; the pipeline pulls in torch, BentoML and the trainer)."""
+    """The CLI, its commands listed by what they are for, with heavy command groups imported
+    only when run (``turnout --help`` and the rollout commands stay fast; the pipeline pulls
+    in torch, BentoML and the trainer)."""
 
-    #: name -> ("module:attribute", short help shown without importing it)
+    #: name -> ("module:attribute", one-line help shown without importing it)
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "pipeline": (
             "workflows.cli:pipeline",
-            "Retraining: drift check, train, validation gate, package, propose.",
+            "Retrain: drift check, train, gate, package and propose.",
         ),
         "batch-predict": (
             "workflows.batch_cli:batch_predict_command",
@@ -57,9 +57,18 @@ class _Main(click.Group):
             "Join batch-predict's fan-out parts into one output file.",
         ),
     }
+    #: --help's sections, in order; every command is in exactly one (a test checks).
+    sections: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Everyday": ("up", "status", "deploy", "history", "report", "demo"),
+        "Rollout actions": ("promote", "abort", "pause", "resume", "rollback"),
+        "Models": ("train", "models", "serve"),
+        "Pipelines": ("pipeline", "batch-predict", "batch-merge"),
+        "Cluster": ("operator", "route"),
+        "Rendering": ("render",),
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.lazy])
+        return [name for names in self.sections.values() for name in names]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.lazy:
@@ -69,21 +78,26 @@ class _Main(click.Group):
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = []
-        for name in self.list_commands(ctx):
-            if name in self.lazy:
-                rows.append((name, self.lazy[name][1]))
-            elif (cmd := super().get_command(ctx, name)) is not None and not cmd.hidden:
-                rows.append((name, cmd.get_short_help_str(formatter.width - len(name) - 6)))
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        for section, names in self.sections.items():
+            rows = [(name, self.one_line(ctx, name)) for name in names]
+            with formatter.section(section):
+                formatter.write_dl(rows)
+
+    def one_line(self, ctx: click.Context, name: str) -> str:
+        """The command's first help line, whole (click's short help cuts it mid-sentence)."""
+        if name in self.lazy:
+            return self.lazy[name][1]
+        command = super().get_command(ctx, name)
+        return (command.help or "").strip().splitlines()[0] if command else ""
 
 
 @click.group(cls=_Main)
 @click.version_option(package_name="turnout")
 def main() -> None:
-    """turnout: train, serve and roll out model versions safely."""
-    use_local_model_store()
+    """turnout: train, serve and roll out model versions safely.
+
+    State (models, deployments, logs, reports) lives in $TURNOUT_HOME (default ~/.turnout).
+    """
 
 
 @main.command()
@@ -91,7 +105,9 @@ def main() -> None:
     "--data", default="synthetic", show_default=True, help="'synthetic' or a CSV/Parquet path"
 )
 @click.option("--rows", default=60_000, show_default=True, help="synthetic rows to generate")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="seeds the data and the training"
+)
 @click.option(
     "--day", default=0.0, show_default=True, help="synthetic day (drift is indexed by it)"
 )
@@ -101,7 +117,7 @@ def main() -> None:
     default="",
     help="synthetic drift, e.g. covariate=0.8,concept=0.5,mode=sudden,start_day=0",
 )
-@click.option("--name", default=DEFAULT_MODEL, show_default=True)
+@click.option("--name", default=DEFAULT_MODEL, show_default=True, help="the model's name")
 @click.option("--version", "version", default=None, help="version label (default: next vN)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def train(
@@ -156,9 +172,12 @@ def train(
 
 @main.command()
 @click.option("--name", default=None, help="only this model")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON array")
 def models(name: str | None, as_json: bool) -> None:
     """List model versions with their key metrics."""
+    if not _model_store_exists():
+        click.echo(f"no models in {settings().home}: run `turnout train`")
+        return
     from training import store
 
     rows = store.list_versions(name)
@@ -166,7 +185,7 @@ def models(name: str | None, as_json: bool) -> None:
         click.echo(json.dumps(rows))
         return
     if not rows:
-        click.echo("no models yet: run `turnout train`")
+        click.echo(f"no models in {settings().home}: run `turnout train`")
         return
     click.echo(f"{'TAG':<24} {'CREATED':<26} {'ROC-AUC':>8} {'PR-AUC':>8} {'BASE PR':>8}")
     for r in rows:
@@ -177,20 +196,29 @@ def models(name: str | None, as_json: bool) -> None:
         )
 
 
-def _check_model(tag: str) -> str:
-    from training import store
+def _model_store_exists() -> bool:
+    return (settings().bentoml_home / "models").is_dir()
 
+
+def _check_model(tag: str) -> str:
     if ":" not in tag:
         raise click.UsageError(f"name the version as name:version, e.g. {tag}:v1")
+    missing = click.ClickException(
+        f"model {tag} not found in {settings().home}; `turnout models` lists what exists"
+    )
+    if not _model_store_exists():  # checked first: importing the store would create it
+        raise missing
+    from training import store
+
     if not store.exists(tag):
-        raise click.ClickException(f"model {tag} not found; `turnout models` lists what exists")
+        raise missing
     return tag
 
 
 @main.command()
 @click.argument("tag")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=3000, show_default=True, help="port to listen on")
 def serve(tag: str, host: str, port: int) -> None:
     """Serve model version TAG (e.g. fraud:v1) with BentoML."""
     cmd, env = serve_command(_check_model(tag), host=host, port=port)
@@ -202,8 +230,8 @@ def serve(tag: str, host: str, port: int) -> None:
 @click.option("--kube", is_flag=True, help="route from the cluster's ModelDeployments")
 @click.option("--namespace", "-n", multiple=True, help="with --kube: watch this namespace")
 @click.option("--all-namespaces", "-A", is_flag=True, help="with --kube: watch every namespace")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8080, show_default=True, help="port to listen on")
 def route(
     routes: str | None,
     kube: bool,
@@ -212,7 +240,7 @@ def route(
     host: str,
     port: int,
 ) -> None:
-    """Run the router: one stable endpoint per model in front of its versions.
+    """Run the router: one stable endpoint per model.
 
     Locally it reads a route table file (--routes); in a cluster it watches ModelDeployments
     (--kube) in the current namespace, the ones named, or all of them.
@@ -469,7 +497,7 @@ class _Retraining:
     help="synthetic requests per second",
 )
 def demo(home: str | None, interval: str, rate: float) -> None:
-    """Scripted rollouts that must each behave; exits 0 only if every story did.
+    """Scripted rollouts that must each behave; exit 0 only if all did.
 
     A healthy canary is promoted; candidates with errors, NaN scores or 3x latency are rolled
     back with the failing numbers; a divergent shadow is blocked; an A/B test with a real
@@ -581,7 +609,7 @@ def deploy(
     image: str | None,
     name: str | None,
 ) -> None:
-    """Roll out VERSION of MODEL; the first deploy of a model makes VERSION its stable."""
+    """Roll out VERSION of MODEL; a model's first deploy makes it stable."""
     name = name or model
     _check_model(f"{model}:{version}")
     ds = _store()
@@ -655,79 +683,36 @@ def deploy(
     click.echo(f"  follow it: turnout status {name} --watch    stop it: turnout rollback {name}")
 
 
-def _age(since: datetime | None, now: datetime) -> str:
-    if since is None:
-        return "-"
-    s = int((now - since).total_seconds())
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h"
-
-
 def _show(name: str, *, events: int = 5) -> str:
+    """NAME as turnout/cli/views.py renders it, with its last few recorded events."""
     ds = _store()
     state = ds.state(name)
-    spec: ModelDeploymentSpec | None
+    spec: Mapping[str, Any] = {}
     error = None
     try:
-        spec = ds.load(name).spec
+        spec = dump(ds.load(name).spec)
     except SpecError as exc:
-        spec, error = state.spec, str(exc)
-    if spec is None:
-        return f"{name}: no valid spec yet: {error}"
-    st = state.status
-    now = datetime.now(UTC)
-    cand = st.routing.candidate or st.routing.shadow
-    weight = (
-        f"{st.routing.candidate.weight:g}"
-        if st.routing.candidate
-        else f"shadow {st.routing.shadow.percent:g}"
-        if st.routing.shadow
-        else "0"
-    )
-    candidate = spec.candidate.version if spec.candidate else (cand.version if cand else "-")
-    strategy = (st.rollout_strategy or spec.strategy.type).value
-    stable = st.routing.stable.version if st.routing.stable else f"({spec.stable.version})"
-    lines = [
-        f"{'NAME':<14}{'STABLE':<10}{'CANDIDATE':<11}{'STRATEGY':<10}{'WEIGHT':<12}{'PHASE':<14}AGE",
-        f"{name:<14}{stable:<10}{candidate:<11}{strategy:<10}{weight:<12}{st.phase.value:<14}"
-        f"{_age(st.rollout_started_at, now)}",
-        f"  {st.message}",
+        error = str(exc)
+        if state.spec is not None:
+            spec = dump(state.spec)
+    recent = [
+        views.Event(
+            at=datetime.fromisoformat(r["at"]),
+            type=e["type"],
+            reason=e["reason"],
+            message=e["message"],
+        )
+        for r in ds.records(name)
+        for e in r["events"]
     ]
-    if error:
-        lines.append(f"  ! spec file rejected, last good spec keeps running: {error}")
-    if spec.candidate is not None and st.phase in (Phase.PROGRESSING,):
-        s = spec.strategy.canary
-        lines.append(
-            f"  step {st.step + 1} of {len(s.steps)}, failed analyses "
-            f"{st.failed_checks}/{s.max_failed_checks}"
-        )
-    if st.checks:
-        lines.append(f"  {'CHECK':<18}{'VALUE':>12}  {'THRESHOLD':<12}RESULT")
-        for c in st.checks:
-            value = "no data" if c.value is None else f"{c.value:.4g}"
-            op = "<=" if c.kind == "max" else ">="
-            lines.append(
-                f"  {c.name:<18}{value:>12}  {op} {c.threshold:<9g}{'pass' if c.passed else 'FAIL'}"
-            )
-    ex = st.experiment
-    if ex is not None:
-        arms = "  ".join(
-            f"{arm} n={a.n:.0f} mean={a.mean if a.mean is None else round(a.mean, 4)}"
-            for arm, a in ex.arms.items()
-        )
-        lines.append(f"  experiment {ex.metric}: {arms}")
-        if ex.lift is not None:
-            ci = f"[{ex.ci[0]:+.4f}, {ex.ci[1]:+.4f}]" if ex.ci else "[-inf, inf]"
-            lines.append(f"    lift {ex.lift:+.4f} CI {ci} p={ex.p_value:.3g} -> {ex.decision}")
-    recent = [e for r in ds.records(name) for e in ((r["at"], ev) for ev in r["events"])]
-    if recent and events:
-        lines.append("  recent events:")
-        for at, ev in recent[-events:]:
-            lines.append(f"    {at[11:19]} {ev['type']:<8}{ev['reason']:<18}{ev['message']}")
-    return "\n".join(lines)
+    view = views.View(
+        name=name,
+        spec=spec,
+        status=state.status,
+        spec_error=error,
+        events=recent[-events:] if events else (),
+    )
+    return views.detail(view, now=datetime.now(UTC))
 
 
 @main.command()
@@ -735,13 +720,19 @@ def _show(name: str, *, events: int = 5) -> str:
 @click.option("--watch", "-w", is_flag=True, help="refresh every second until Ctrl-C")
 @click.option("--json", "as_json", is_flag=True, help="print the status objects as JSON")
 def status(name: str | None, watch: bool, as_json: bool) -> None:
-    """Phase, weights, each check with its value and threshold, and the experiment."""
+    """Phase, weights, checks with their numbers, and the experiment.
+
+    Without NAME, every ModelDeployment in $TURNOUT_HOME, each in detail.
+    """
     ds = _store()
     names = [name] if name else ds.names()
     if name and name not in ds.names():
-        raise click.ClickException(f"no ModelDeployment {name!r}; `turnout deploy` creates one")
+        raise _no_deployment(name)
     if not names:
-        click.echo("no ModelDeployments yet: `turnout deploy MODEL --version V` creates one")
+        click.echo(
+            f"no ModelDeployments in {settings().home}: "
+            "`turnout deploy MODEL --version V` creates one"
+        )
         return
     if as_json:
         click.echo(json.dumps({n: dump(ds.state(n).status) for n in names}, indent=2))
@@ -767,13 +758,16 @@ def _patch(name: str, change: Any) -> ModelDeployment:
         raise click.ClickException(str(exc)) from None
 
 
-def _act(name: str, action: Callable[[ModelDeployment], actions.Change]) -> None:
-    """Make an operator action (turnout/core/actions.py) on the file store and say what it did."""
+def _act(ctx: click.Context, name: str, decide: Decide) -> None:
+    """Carry out a rollout action on the local file store and say what it did."""
+    if name not in _store().names():
+        raise _no_deployment(name)
+    status = _store().state(name).status
     said: list[str] = []
 
     def change(md: ModelDeployment) -> ModelDeployment:
         try:
-            done = action(md)
+            done = decide(md.spec, status)
         except actions.ActionError as exc:
             raise click.ClickException(str(exc)) from None
         said[:] = done.said
@@ -784,97 +778,83 @@ def _act(name: str, action: Callable[[ModelDeployment], actions.Change]) -> None
         click.echo(f"{name}: {line}")
 
 
-@main.command()
-@click.argument("name")
-def promote(name: str) -> None:
-    """Promote the candidate now, skipping the remaining steps."""
-    _act(name, lambda md: actions.promote(md.spec, name=name))
+add_action_commands(main, run=_act)
 
 
-@main.command()
-@click.argument("name")
-def abort(name: str) -> None:
-    """Roll the candidate back now (it stays in history as rolled back)."""
-    _act(name, lambda md: actions.abort(md.spec, name=name))
-
-
-@main.command()
-@click.argument("name")
-def pause(name: str) -> None:
-    """Freeze the rollout's weights; no analysis runs until resume."""
-    _act(name, lambda md: actions.pause(md.spec))
-
-
-@main.command()
-@click.argument("name")
-def resume(name: str) -> None:
-    """Continue a paused rollout (the current step's interval starts again)."""
-    _act(name, lambda md: actions.resume(md.spec))
-
-
-@main.command()
-@click.argument("name")
-@click.option("--to", "to", help="a version from `turnout history NAME` to make stable")
-def rollback(name: str, to: str | None) -> None:
-    """Send all traffic back to safety: drop the candidate, or return stable to a past version.
-
-    With a candidate in flight, it is removed at once and stable keeps serving. Without one
-    (or with --to), stable goes back to the previous (or the named) version from history.
-    """
-    history = _store().state(name).status.history
-    _act(name, lambda md: actions.rollback(md.spec, name=name, history=history, to=to))
+def _no_deployment(name: str) -> click.ClickException:
+    return click.ClickException(
+        f"no ModelDeployment {name!r} in {settings().home}; `turnout deploy` creates one"
+    )
 
 
 @main.command()
 @click.argument("name")
 def history(name: str) -> None:
-    """Versions that served as stable, newest first, and how each rollout ended."""
+    """Past stable versions and ended rollouts, newest first.
+
+    Rollouts are numbered from the first; `turnout report NAME --rollout N` shows one.
+    """
     ds = _store()
+    if name not in ds.names():
+        raise _no_deployment(name)
+    from turnout.cli import report as reports
+
     st = ds.state(name).status
-    if not st.history:
-        raise click.ClickException(f"no history for {name!r} yet")
-    click.echo(f"{'VERSION':<10}{'STABLE SINCE':<22}REASON")
-    for h in st.history:
-        click.echo(f"{h.version:<10}{h.promoted_at:%Y-%m-%d %H:%M:%S}   {h.reason}")
-    ended = [(r["at"], e) for r in ds.records(name) for e in r["events"] if e["reason"] in _ENDINGS]
-    if ended:
-        click.echo("\nrollouts:")
-        for at, e in ended[-10:]:
-            click.echo(f"  {at[:19].replace('T', ' ')}  {e['reason']:<20}{e['message']}")
-
-
-_ENDINGS = {
-    r.value
-    for r in (
-        Reason.PROMOTED,
-        Reason.ROLLED_BACK,
-        Reason.ABORTED,
-        Reason.MANUAL_PROMOTE,
-        Reason.SHADOW_BLOCKED,
-        Reason.SHADOW_PASSED,
-        Reason.SRM,
-        Reason.EXPERIMENT_WON,
-        Reason.EXPERIMENT_LOST,
-        Reason.INCONCLUSIVE,
-    )
-}
+    rollouts = reports.rollouts(ds.records(name))
+    if not st.history and not rollouts:
+        click.echo(f"{name}: no history yet")
+        return
+    if st.history:
+        rows = [["VERSION", "STABLE SINCE (UTC)", "REASON"]]
+        rows += [
+            [h.version, f"{h.promoted_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}", h.reason]
+            for h in st.history
+        ]
+        click.echo("\n".join(views.columns(rows)))
+    if rollouts:
+        rows = [["ROLLOUT", "WHAT"]]
+        rows += [
+            [str(i), reports.describe_rollout(r)] for i, r in reversed(list(enumerate(rollouts, 1)))
+        ]
+        click.echo(("\n" if st.history else "") + "\n".join(views.columns(rows, right=(0,))))
 
 
 @main.command()
 @click.argument("name")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="default: NAME-report.html")
-def report(name: str, output: str | None) -> None:
-    """Write a self-contained HTML report of NAME's last rollout (charts, checks, events)."""
+@click.option(
+    "--rollout",
+    type=click.IntRange(min=1),
+    help="which rollout, numbered as `turnout history` lists them (default: the last)",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help="where to write it (default: $TURNOUT_HOME/reports/NAME-rollout-N.html)",
+)
+def report(name: str, rollout: int | None, output: str | None) -> None:
+    """Write an HTML report of one rollout: charts, checks and events."""
     from turnout.cli import report as reports
 
-    records = _store().records(name)
+    ds = _store()
+    if name not in ds.names():
+        raise _no_deployment(name)
+    records = ds.records(name)
     if not records:
         raise click.ClickException(f"no decisions recorded for {name!r} yet")
     try:
-        page = reports.render(name, records, generated_at=datetime.now(UTC))
+        count = len(reports.rollouts(records))
+        page = reports.render(name, records, generated_at=datetime.now(UTC), rollout=rollout)
+    except LookupError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rollout") from None
     except SpecError as exc:
         raise click.ClickException(f"the decision log has a bad record: {exc}") from None
-    path = Path(output or f"{name}-report.html")
+    path = (
+        Path(output)
+        if output
+        else settings().home / "reports" / f"{name}-rollout-{rollout or count}.html"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
     click.echo(f"wrote {path} ({len(page) // 1024} KiB)")
 
@@ -884,7 +864,10 @@ def report(name: str, output: str | None) -> None:
 
 @main.group()
 def render() -> None:
-    """Write files generated from the code (checked in; tests fail when they are stale)."""
+    """Write generated files: the CRD and the Argo workflows.
+
+    They are checked in; tests fail when they are stale.
+    """
 
 
 @render.command("crd")
@@ -915,7 +898,10 @@ def render_crd(output: str | None) -> None:
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def operator(args: tuple[str, ...]) -> None:
-    """Run the Kubernetes operator (in a cluster; the Helm chart starts it). --help for flags."""
+    """Run the Kubernetes operator (the Helm chart starts it in a cluster).
+
+    Its own flags: `turnout operator --help`.
+    """
     from services.controller.operator import main as run
 
     run(list(args))
