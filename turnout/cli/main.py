@@ -1,4 +1,10 @@
-"""The ``turnout`` command line."""
+"""The ``turnout`` command: the laptop's front door to everything turnout does.
+
+Each command is a thin adapter: it reads the local file store ($TURNOUT_HOME), asks the pure
+core (turnout.core) or starts the processes in services/ and workflows/, and says what
+happened in one or two lines. Status is rendered by turnout/cli/views.py and the rollout
+actions by turnout/cli/action_commands.py, shared with ``kubectl turnout``.
+"""
 
 from __future__ import annotations
 
