@@ -1,7 +1,8 @@
 # turnout: two commands. `make up` runs the local platform, `make test` runs every check.
 # Both install what they need into .venv/ first; a second run with nothing changed is quick.
 
-PYTHON ?= python3.11
+# Python 3.11: python3.11 where it exists, else python3 (checked to be 3.11 below).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -11,8 +12,10 @@ export TURNOUT_HOME ?= $(CURDIR)/.turnout
 
 venv: $(STAMP)
 
-# torch==2.13.0 resolves to the CPU wheel; constraints.txt pins every transitive dependency.
+# torch==2.13.0 from PyPI brings its NVIDIA wheels (about 3 GB, once: pip's cache makes the
+# next install quick); constraints.txt pins every transitive dependency.
 $(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "turnout needs Python 3.11, found " + sys.version.split()[0]'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
