@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from turnout.cli.report import last_rollout, render
+from turnout.cli.report import describe_rollout, render, rollouts
 from turnout.core.spec import (
     ArmSummary,
     Check,
@@ -308,6 +308,7 @@ def test_header_names_the_model_candidate_and_strategy() -> None:
     assert facts["Strategy"] == "Canary"
     assert facts["Duration"] == "3m"
     assert facts["Decisions"] == "4"
+    assert facts["Rollout"] == "1 of 1 in the log"
 
 
 # --- charts ------------------------------------------------------------------------------
@@ -340,6 +341,45 @@ def test_x_axis_counts_time_since_the_rollout_started() -> None:
     assert {"0s", "1m", "2m", "3m", "time since rollout start"} <= set(labels)
 
 
+def paused_canary(*, resumed: bool = True) -> list[Any]:
+    """Paused at weight 25 from +1m30s; resumed at +3m30s, then promoted (or still paused)."""
+    log = promoted_canary()[:2]
+    for seconds in (90, 150):
+        status = canary(Phase.PAUSED, 25, step=1, message="paused at candidate weight 25%")
+        events = [("Normal", "Paused", "rollout paused; weights frozen")] if seconds == 90 else []
+        log.append(record(seconds, status, *events))
+    if resumed:
+        resume = ("Normal", "Resumed", "rollout resumed")
+        log.append(record(210, canary(Phase.PROGRESSING, 25, step=1), resume))
+        log.append(record(270, canary(Phase.PROGRESSING, 50, step=2)))
+    return log
+
+
+def test_pauses_are_shaded_on_the_traffic_chart() -> None:
+    weight = charts(parse(render("fraud", paused_canary(), generated_at=GENERATED)))["weight"]
+    (band,) = weight.find_all("rect", class_="paused")
+    assert band.one("title").text() == "paused +1m30s to +3m30s"
+    dots = {c.one("title").text(): float(c.attrs["cx"]) for c in weight.find_all("circle")}
+    left, width = float(band.attrs["x"]), float(band.attrs["width"])
+    assert left == dots["+1m30s: live traffic 25"]
+    assert left + width == pytest.approx(dots["+3m30s: live traffic 25"], abs=0.2)
+    assert weight.one("figcaption").text().endswith("live trafficpaused")  # the legend
+
+
+def test_a_pause_still_on_runs_to_the_end_of_the_chart() -> None:
+    weight = charts(parse(render("fraud", paused_canary(resumed=False), generated_at=GENERATED)))
+    (band,) = weight["weight"].find_all("rect", class_="paused")
+    assert band.one("title").text() == "paused from +1m30s"
+    assert float(band.attrs["width"]) > 100
+
+
+@pytest.mark.parametrize("records", [promoted_canary(), rolled_back_canary(), ab_test()])
+def test_no_pause_no_shading(records) -> None:
+    weight = charts(parse(render("fraud", records, generated_at=GENERATED)))["weight"]
+    assert not weight.find_all("rect")
+    assert "paused" not in weight.one("figcaption").text()
+
+
 def test_rolled_back_weight_drops_to_zero() -> None:
     weight = charts(parse(render("fraud", rolled_back_canary(), generated_at=GENERATED)))["weight"]
     assert weight.find_all("circle")[-1].one("title").text() == "+2m: live traffic 0"
@@ -350,10 +390,54 @@ def test_failing_check_points_are_red_and_the_threshold_is_dashed() -> None:
         "check:errorRate"
     ]
     failing = [c.one("title").text() for c in figure.find_all("circle", class_="fail")]
-    assert failing == ["+1m: errorRate 0.0625 (failing)", "+2m: errorRate 0.0875 (failing)"]
+    assert failing == ["+1m: errorRate 0.0625 > 0.01", "+2m: errorRate 0.0875 > 0.01"]
     rule = figure.one("line", class_="rule")
     assert "stroke-dasharray" in rule.attrs
-    assert "threshold (max 0.01)" in figure.text()
+    assert "threshold (<= 0.01)" in figure.text()
+
+
+def latency_log(values: list[float], threshold: float) -> list[Any]:
+    return [
+        record(s, canary(Phase.PROGRESSING, 5, checks=[check("latencyP99Ms", v, threshold, s)]))
+        for s, v in zip(range(60, 60 * (len(values) + 1), 60), values, strict=True)
+    ]
+
+
+def y_ticks(figure: Element) -> list[float]:
+    return [float(t.text()) for t in figure.find_all("text", class_="y-tick")]
+
+
+def test_a_check_far_below_its_threshold_is_scaled_to_its_data() -> None:
+    records = latency_log([1.0, 1.3, 1.1, 1.6], threshold=100)  # 100x below
+    figure = charts(parse(render("fraud", records, generated_at=GENERATED)))["check:latencyP99Ms"]
+    ticks = y_ticks(figure)
+    assert len(ticks) >= 3 and all(0.9 <= t <= 1.7 for t in ticks)
+    assert not figure.find_all("line", class_="rule")
+    marker = figure.one("text", class_="rule off-chart")
+    assert marker.text() == "▲ threshold (<= 100), above the chart"
+
+
+def test_a_check_far_above_its_threshold_is_scaled_to_its_data() -> None:
+    records = latency_log([4800, 5200, 5000], threshold=100)
+    figure = charts(parse(render("fraud", records, generated_at=GENERATED)))["check:latencyP99Ms"]
+    assert all(4700 <= t <= 5300 for t in y_ticks(figure))
+    assert "below the chart" in figure.one("text", class_="rule off-chart").text()
+    assert len(figure.find_all("circle", class_="fail")) == 3
+
+
+@pytest.mark.parametrize(
+    ("values", "threshold"),
+    [([40, 52, 58], 100), ([0.0, 0.0], 0.01), ([0.002, 0.004], 0.01), ([45, 45], 60)],
+    ids=["near", "all-zero", "within-5x", "flat-near"],
+)
+def test_a_check_near_its_threshold_shows_both(values: list[float], threshold: float) -> None:
+    figure = charts(parse(render("fraud", latency_log(values, threshold), generated_at=GENERATED)))[
+        "check:latencyP99Ms"
+    ]
+    ticks = y_ticks(figure)
+    assert min(ticks) <= min(values) and max(ticks) >= threshold
+    assert figure.find_all("line", class_="rule")
+    assert not figure.find_all("text", class_="rule off-chart")
 
 
 def test_passing_checks_have_no_red_points() -> None:
@@ -386,13 +470,22 @@ def test_look_without_an_interval_breaks_the_band() -> None:
     assert len(lift.find_all("line", class_="band")) == 1  # look 4 alone
 
 
-def test_experiment_table_shows_the_last_look() -> None:
-    table = parse(render("fraud", ab_test(), generated_at=GENERATED)).one("table", id="experiment")
-    cells = {tr.one("th").text(): tr.one("td").text() for tr in table.find_all("tr")}
-    assert cells["candidate arm"] == "n 16,000, mean 0.12"
-    assert cells["Lift"] == "0.02 (+20.00% relative)"
-    assert cells["Confidence sequence"] == "[0.004, 0.036]"
-    assert cells["Decision"] == "Candidate"
+def test_experiment_tables_show_the_last_look() -> None:
+    doc = parse(render("fraud", ab_test(), generated_at=GENERATED))
+    assert rows(doc, "arms") == [
+        ("", ["stable", "16,000", "0.1"]),
+        ("", ["candidate", "16,000", "0.12"]),
+    ]
+    head = [th.text() for th in doc.one("table", id="experiment").find_all("th")]
+    ((_, cells),) = rows(doc, "experiment")
+    assert dict(zip(head, cells, strict=True)) == {
+        "Lift": "+0.0200",
+        "Relative lift": "+20.00%",
+        "Confidence sequence": "[+0.0040, +0.0360]",  # as `turnout status` prints it
+        "p-value": "0.01",
+        "Sample-ratio p-value": "0.6",
+        "Decision": "Candidate",
+    }
 
 
 # --- tables ------------------------------------------------------------------------------
@@ -401,10 +494,40 @@ def test_experiment_table_shows_the_last_look() -> None:
 def test_events_table_lists_every_event_and_highlights_warnings() -> None:
     events = rows(parse(render("fraud", rolled_back_canary(), generated_at=GENERATED)), "events")
     assert events == [
-        ("", ["+0s", "Normal", "Started", "Canary of v2 over stable v1 started"]),
-        ("warning", ["+1m", "Warning", "ChecksFailed", "errorRate 0.0625 > 0.010 (1 of 2)"]),
-        ("warning", ["+2m", "Warning", "RolledBack", "errorRate 0.0875 > 0.010 (2 of 2)"]),
+        ("", ["+0s", "10:00:00", "Normal", "Started", "Canary of v2 over stable v1 started"]),
+        (
+            "warning",
+            ["+1m", "10:01:00", "Warning", "ChecksFailed", "errorRate 0.0625 > 0.010 (1 of 2)"],
+        ),
+        (
+            "warning",
+            ["+2m", "10:02:00", "Warning", "RolledBack", "errorRate 0.0875 > 0.010 (2 of 2)"],
+        ),
     ]
+
+
+@pytest.mark.parametrize(
+    ("records", "table_id", "numeric"),
+    [
+        (rolled_back_canary(), "events", ["Time", "At (UTC)"]),
+        (rolled_back_canary(), "last-checks", ["Value", "Threshold"]),
+        (ab_test(), "arms", ["n", "Mean"]),
+        (
+            ab_test(),
+            "experiment",
+            ["Lift", "Relative lift", "Confidence sequence", "p-value", "Sample-ratio p-value"],
+        ),
+    ],
+)
+def test_numbers_and_their_headers_are_right_aligned(records, table_id, numeric) -> None:
+    page = render("fraud", records, generated_at=GENERATED)
+    table = parse(page).one("table", id=table_id)
+    head = table.find_all("th")
+    assert [th.text() for th in head if th.attrs.get("class") == "num"] == numeric
+    for tr in table.one("tbody").find_all("tr"):
+        cells = tr.find_all("td")
+        assert [c.attrs.get("class") for c in cells] == [th.attrs.get("class") for th in head]
+    assert re.search(r"th\.num, td\.num \{ text-align: right;", page)
 
 
 def test_last_checks_table_shows_the_failing_value() -> None:
@@ -412,8 +535,8 @@ def test_last_checks_table_shows_the_failing_value() -> None:
         parse(render("fraud", rolled_back_canary(), generated_at=GENERATED)), "last-checks"
     )
     assert checks == [
-        ("fail", ["errorRate", "0.0875", "≤ 0.01", "failed"]),
-        ("pass", ["latencyP99Ms", "45", "≤ 100", "passed"]),
+        ("fail", ["errorRate", "0.0875", "<= 0.01", "FAIL"]),
+        ("pass", ["latencyP99Ms", "45", "<= 100", "pass"]),
     ]
 
 
@@ -477,7 +600,7 @@ def test_missing_check_values_leave_gaps_and_read_no_data() -> None:
     blank = [record(60, canary(Phase.PROGRESSING, 5, checks=[check("errorRate", None, 0.01, 60)]))]
     doc = parse(render("fraud", blank, generated_at=GENERATED))
     assert "no data" in charts(doc)["check:errorRate"].text()
-    assert rows(doc, "last-checks") == [("fail", ["errorRate", "no data", "≤ 0.01", "failed"])]
+    assert rows(doc, "last-checks") == [("fail", ["errorRate", "no data", "<= 0.01", "FAIL"])]
 
 
 def test_shadow_traffic_is_drawn_as_a_second_line() -> None:
@@ -512,7 +635,7 @@ def test_invalid_status_names_the_record_and_field() -> None:
         render("fraud", records, generated_at=GENERATED)
 
 
-# --- picking the last rollout ------------------------------------------------------------
+# --- choosing a rollout -----------------------------------------------------------------
 
 
 def versions(records) -> list[tuple[str | None, str]]:
@@ -523,47 +646,89 @@ def idle(seconds: float) -> Any:
     return record(seconds, ModelDeploymentStatus(phase=Phase.IDLE, routing=Routing(stable=STABLE)))
 
 
-def test_last_rollout_is_only_the_latest_version() -> None:
+def two_rollouts() -> tuple[list[Any], list[Any], list[Any]]:
+    """A log where v2 is rolled back, then v3 promoted; idle records around them."""
     first = rolled_back_canary("v2")
     second = promoted_canary("v3", start=600)
-    log = [idle(-60), *first, idle(300), *second, idle(900)]
-    assert last_rollout(log) == second
+    return [idle(-60), *first, idle(300), *second, idle(900)], first, second
 
+
+def test_rollouts_are_every_rollout_oldest_first() -> None:
+    log, first, second = two_rollouts()
+    assert rollouts(log) == [first, second]
+
+
+def test_report_shows_the_last_rollout_by_default() -> None:
+    log, _, _ = two_rollouts()
     page = render("fraud", log, generated_at=GENERATED)
     doc = parse(page)
     assert doc.one("h1").text() == "fraud: rollout of v3"
-    assert "ChecksFailed" not in page
+    assert "ChecksFailed" not in page and "v2" not in page
     assert rows(doc, "events")[0][1][0] == "+0s"  # times count from v3's start
+
+
+def test_report_shows_the_chosen_rollout_and_not_the_others() -> None:
+    log, _, _ = two_rollouts()
+    page = render("fraud", log, generated_at=GENERATED, rollout=1)
+    doc = parse(page)
+    assert doc.one("h1").text() == "fraud: rollout of v2"
+    assert "v3" not in page
+    assert "Rollout</dt><dd>1 of 2 in the log" in page
+    assert banner(doc).attrs["class"] == "banner rolledback"
+    assert rows(doc, "events")[0][1][:2] == ["+0s", "10:00:00"]
+
+    later = render("fraud", log, generated_at=GENERATED, rollout=2)
+    assert later == render("fraud", log, generated_at=GENERATED)
+    assert "v2" not in later
+
+
+@pytest.mark.parametrize("asked", [0, 3, -1])
+def test_a_rollout_out_of_range_says_how_many_there_are(asked: int) -> None:
+    log, _, _ = two_rollouts()
+    with pytest.raises(LookupError, match=r"^fraud has 2 rollouts; choose 1 to 2$"):
+        render("fraud", log, generated_at=GENERATED, rollout=asked)
+    with pytest.raises(LookupError, match=r"^fraud has 1 rollout; choose 1$"):
+        render("fraud", promoted_canary(), generated_at=GENERATED, rollout=asked or 2)
+    with pytest.raises(LookupError, match=r"^fraud has no rollout recorded"):
+        render("fraud", [idle(0)], generated_at=GENERATED, rollout=1)
+
+
+def test_each_rollout_has_a_one_line_description() -> None:
+    log, _, _ = two_rollouts()
+    assert [describe_rollout(r) for r in rollouts(log)] == [
+        "v2 over v1, Canary, started 2026-11-21 10:00:00 UTC, RolledBack",
+        "v3 over v1, Canary, started 2026-11-21 10:10:00 UTC, Promoted",
+    ]
+    in_flight = describe_rollout(ab_test()[:2])
+    assert in_flight == "v2 over v1, ABTest, started 2026-11-21 10:00:00 UTC, Experimenting"
 
 
 def test_same_version_rolled_out_again_starts_a_new_rollout() -> None:
     first = rolled_back_canary("v2")
     settled = settle(first[-1], seconds=300)  # still names v2, as the controller leaves it
     retry = promoted_canary("v2", start=600)
-    assert last_rollout([*first, settled, *retry]) == retry
+    assert rollouts([*first, settled, *retry]) == [[*first, settled], retry]
 
 
 def test_records_after_the_end_belong_to_the_rollout() -> None:
     log = promoted_canary()
     settled = settle(log[-1], seconds=240)
-    assert last_rollout([*log, settled]) == [*log, settled]
+    assert rollouts([*log, settled]) == [[*log, settled]]
 
 
 def test_without_start_times_the_version_alone_groups_records() -> None:
     log = [*rolled_back_canary("v2"), *promoted_canary("v3", start=600)]
     for r in log:
         r["status"]["rolloutStartedAt"] = None
-    assert versions(last_rollout(log)) == [
-        ("v3", "Progressing"),
-        ("v3", "Progressing"),
-        ("v3", "Progressing"),
-        ("v3", "Promoted"),
+    assert [versions(r) for r in rollouts(log)] == [
+        [("v2", "Progressing"), ("v2", "Progressing"), ("v2", "RolledBack")],
+        [("v3", "Progressing"), ("v3", "Progressing"), ("v3", "Progressing"), ("v3", "Promoted")],
     ]
 
 
 def test_no_rollout_in_the_log() -> None:
-    assert last_rollout([]) == []
-    assert last_rollout([idle(0), idle(60)]) == []
+    assert rollouts([]) == []
+    assert rollouts([idle(0), idle(60)]) == []
 
 
 def settle(ended: Any, *, seconds: float) -> Any:

@@ -1,14 +1,21 @@
-"""HTML report of a model's last rollout, drawn from the controller's decision log.
+"""HTML report of one rollout, drawn from the controller's decision log.
+
+A rollout is judged afterwards, often by someone who did not watch it: why was it promoted
+or rolled back, when did a check fail, how long was it paused, what did the experiment
+conclude. The status only holds the latest of all that; the decision log holds every step,
+so this module turns the log into one page a person can read, keep and attach to a ticket.
 
 Pure: decision records in, one HTML string out. The CLI reads
 ``$TURNOUT_HOME/deployments/<name>.events.jsonl`` and writes the page; nothing here touches
 files or the clock (``generated_at`` is passed in), so one log always renders the same bytes
-and the tests need neither files nor time.
+and the tests need neither files nor time. ``rollouts`` splits a log into its rollouts, which
+``turnout history`` and ``turnout report --rollout N`` number the same way.
 
 The page stands alone: inline CSS and SVG charts drawn here, no scripts, fonts or CDN links,
-so it opens offline and can be attached to an incident ticket as it is. Every string taken
-from the log is HTML-escaped. Times on the axes and in the event table count from the
-rollout's first decision.
+so it opens offline. Every string taken from the log is HTML-escaped. Times on the axes
+count from the rollout's first decision; the event table gives that and the clock time.
+Checks, ages and the confidence sequence read as in ``turnout status`` (``Check`` and
+``turnout.cli.views`` render them).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from turnout.cli.views import age, check_row, ci_text
 from turnout.core.spec import Check, Experiment, ModelDeploymentStatus, Phase, SpecError, describe
 
 #: One line of the decision log: ``{"at": ..., "status": <wire status>, "events": [...]}``.
@@ -36,10 +44,11 @@ _GRID = "#e4e7eb"
 _BLUE = "#2563eb"
 _RED = "#dc2626"
 _BAND = "#93c5fd"
+_PAUSED = "#fcd34d"
 
 _WIDE = (720, 220)  # weight, lift and p-value charts
 _SMALL = (340, 170)  # one per check
-_MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 52, 16, 12, 36
+_MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 52, 16, 20, 36
 #: Above this many points only failing ones get a dot; the line carries the rest.
 _MAX_DOTS = 200
 #: p-values are drawn on a log axis, which needs a floor above zero.
@@ -50,22 +59,26 @@ _TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21
 # --- which records -----------------------------------------------------------------------
 
 
-def last_rollout(records: Sequence[Record]) -> list[Record]:
-    """The records of the most recent rollout, oldest first, up to and including its end.
+def rollouts(records: Sequence[Record]) -> list[list[Record]]:
+    """Every rollout in the log, oldest first, each as its records in order.
 
-    A rollout is the run of records sharing one ``status.rolloutVersion``, ending at the last
-    record that has one; records after the rollout ended (Promoted, RolledBack) keep its
-    version and so belong to it. ``status.rolloutStartedAt`` tells apart two rollouts of the
-    same version (a redeploy after a rollback).
+    A rollout is a run of consecutive records sharing one ``status.rolloutVersion``; records
+    after the rollout ended (Promoted, RolledBack) keep its version and so belong to it.
+    ``status.rolloutStartedAt`` tells apart two rollouts of the same version (a redeploy
+    after a rollback). Records naming no version (before the first rollout) belong to none.
     """
-    keys = [_rollout_key(r) for r in records]
-    end = max((i for i, key in enumerate(keys) if key[0] is not None), default=None)
-    if end is None:
-        return []
-    start = end
-    while start > 0 and keys[start - 1] == keys[end]:
-        start -= 1
-    return list(records[start : end + 1])
+    runs: list[list[Record]] = []
+    previous: tuple[Any, Any] | None = None
+    for record in records:
+        key = _rollout_key(record)
+        if key[0] is None:
+            previous = None
+            continue
+        if key != previous:
+            runs.append([])
+        runs[-1].append(record)
+        previous = key
+    return runs
 
 
 def _rollout_key(record: Record) -> tuple[Any, Any]:
@@ -73,6 +86,22 @@ def _rollout_key(record: Record) -> tuple[Any, Any]:
     if not isinstance(status, Mapping):
         return None, None
     return status.get("rolloutVersion"), status.get("rolloutStartedAt")
+
+
+def describe_rollout(records: Sequence[Record]) -> str:
+    """One line about one rollout (an item of ``rollouts``), for listings:
+    ``v2 over v1, Canary, started 2026-12-04 17:01:02 UTC, RolledBack``.
+
+    Raises SpecError naming the record if a status does not validate.
+    """
+    if not records:
+        raise ValueError("a rollout has at least one record")
+    summary = _Summary.of(_decisions(records))
+    over = f" over {summary.replacing}" if summary.replacing else ""
+    return (
+        f"{summary.version}{over}, {summary.strategy}, started {_clock(summary.started)}, "
+        f"{summary.phase}"
+    )
 
 
 # --- parsed records ----------------------------------------------------------------------
@@ -92,6 +121,32 @@ class _Decision:
     t: float
     status: ModelDeploymentStatus
     events: tuple[_Event, ...]
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What a rollout was, as its header and its one-line description say it."""
+
+    version: str
+    #: The stable version when it started; None if nothing was stable yet.
+    replacing: str | None
+    strategy: str
+    started: datetime
+    #: The phase of its last record: how it ended, or where it stands.
+    phase: Phase
+
+    @classmethod
+    def of(cls, decisions: Sequence[_Decision]) -> _Summary:
+        first, last = decisions[0].status, decisions[-1].status
+        strategies = dict.fromkeys(d.status.rollout_strategy for d in decisions)
+        stable = first.routing.stable
+        return cls(
+            version=last.rollout_version or "-",
+            replacing=stable.version if stable is not None else None,
+            strategy=" -> ".join(s for s in strategies if s is not None) or "-",
+            started=_utc(first.rollout_started_at or decisions[0].at),
+            phase=last.phase,
+        )
 
 
 def _decisions(records: Sequence[Record]) -> list[_Decision]:
@@ -126,6 +181,10 @@ def _parse(record: Record) -> tuple[datetime, ModelDeploymentStatus, tuple[_Even
     return when, status, events
 
 
+def _clock(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _utc(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
@@ -158,13 +217,23 @@ def _check_history(decisions: Sequence[_Decision]) -> dict[str, list[Check]]:
 # --- the page ----------------------------------------------------------------------------
 
 
-def render(name: str, records: Sequence[Record], *, generated_at: datetime) -> str:
-    """One self-contained HTML page about the last rollout in ``records``.
+def render(
+    name: str, records: Sequence[Record], *, generated_at: datetime, rollout: int | None = None
+) -> str:
+    """One self-contained HTML page about one rollout in ``records``.
 
-    ``records`` may be the whole decision log: the last rollout is picked from it. Raises
+    ``records`` may be the whole decision log; ``rollout`` is a 1-based index into
+    ``rollouts(records)``, None for the last. Raises LookupError if there is no such rollout,
     SpecError naming the record if a status does not validate.
     """
-    decisions = _decisions(last_rollout(records))
+    runs = rollouts(records)
+    if rollout is None:
+        index = len(runs)
+    elif 1 <= rollout <= len(runs):
+        index = rollout
+    else:
+        raise LookupError(_no_such_rollout(name, rollout, len(runs)))
+    decisions = _decisions(runs[index - 1]) if runs else []
     stamp = generated_at.isoformat(timespec="seconds")
     if not decisions:
         body = [
@@ -179,7 +248,7 @@ def render(name: str, records: Sequence[Record], *, generated_at: datetime) -> s
     times = [d.t for d in decisions] + [_since(c.at, start) for cs in checks.values() for c in cs]
     t_range = _time_range(times)
     body = [
-        _header(name, decisions),
+        _header(name, decisions, index=index, count=len(runs)),
         _banner(last.phase, last.message),
         _section("Traffic", _weight_chart(decisions, t_range=t_range)),
         _checks_section(checks, start=start, t_range=t_range),
@@ -192,6 +261,14 @@ def render(name: str, records: Sequence[Record], *, generated_at: datetime) -> s
         f"Times count from the first decision, {start.isoformat(timespec='seconds')}."
     )
     return _page(f"turnout: {name} {last.rollout_version}", body, footer=footer)
+
+
+def _no_such_rollout(name: str, asked: int, count: int) -> str:
+    if count == 0:
+        return f"{name} has no rollout recorded (asked for rollout {asked})"
+    if count == 1:
+        return f"{name} has 1 rollout; choose 1"
+    return f"{name} has {count} rollouts; choose 1 to {count}"
 
 
 def _page(title: str, body: Sequence[str], *, footer: str) -> str:
@@ -230,31 +307,35 @@ dl.facts dd { margin: 0; }
 figure { margin: 0 0 16px; }
 figcaption { font-weight: 600; margin-bottom: 4px; }
 .swatch { display: inline-block; width: 10px; height: 10px; margin: 0 4px 0 12px; }
+.swatch.shaded { opacity: 0.6; }
 svg { display: block; max-width: 100%; height: auto; }
 svg text { font-size: 11px; fill: #6b7280; }
-table { border-collapse: collapse; width: 100%; }
+svg text.off-chart { fill: #1f2933; }
+table { border-collapse: collapse; }
+caption { text-align: left; font-weight: 600; margin-bottom: 4px; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e4e7eb;
   vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table + table { margin-top: 16px; }
 tr.warning td, tr.fail td { background: #fee2e2; }
 .muted, footer { color: #6b7280; }
 footer { margin-top: 32px; font-size: 12px; }
 """
 
 
-def _header(name: str, decisions: Sequence[_Decision]) -> str:
-    first, last = decisions[0].status, decisions[-1].status
-    strategies = list(dict.fromkeys(d.status.rollout_strategy for d in decisions))
+def _header(name: str, decisions: Sequence[_Decision], *, index: int, count: int) -> str:
+    summary = _Summary.of(decisions)
     facts = [
-        ("Candidate", last.rollout_version or "—"),
-        ("Replacing", first.routing.stable.version if first.routing.stable else "—"),
-        ("Strategy", " → ".join(s for s in strategies if s is not None) or "—"),
-        ("Started", decisions[0].at.isoformat(timespec="seconds")),
-        ("Duration", _elapsed(decisions[-1].t)),
+        ("Candidate", summary.version),
+        ("Replacing", summary.replacing or "-"),
+        ("Strategy", summary.strategy),
+        ("Started", _clock(summary.started)),
+        ("Duration", age(decisions[0].at, decisions[-1].at)),
         ("Decisions", str(len(decisions))),
+        ("Rollout", f"{index} of {count} in the log"),
     ]
     items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
-    heading = f"{name}: rollout of {last.rollout_version}"
+    heading = f"{name}: rollout of {summary.version}"
     return f'<header><h1>{escape(heading)}</h1><dl class="facts">{items}</dl></header>'
 
 
@@ -282,10 +363,40 @@ def _weight_chart(decisions: Sequence[_Decision], *, t_range: tuple[float, float
             for d in decisions
         )
         series.append(_Series("mirrored", mirrored, color=_MUTED, step=True, dashed=True))
+    pauses = _paused_spans(decisions, end=t_range[1])
     chart = _line_chart(
-        series, label="candidate weight", t_range=t_range, size=_WIDE, y_range=(0.0, 100.0)
+        series,
+        label="candidate weight",
+        t_range=t_range,
+        size=_WIDE,
+        y_range=(0.0, 100.0),
+        spans=pauses,
     )
-    return _figure("Candidate's share of traffic (%)", chart, chart_id="weight", legend=series)
+    keys = [_key(s) for s in series]
+    if pauses:
+        keys.append(_Key("paused", _PAUSED, shaded=True))
+    return _figure("Candidate's share of traffic (%)", chart, chart_id="weight", keys=keys)
+
+
+def _paused_spans(decisions: Sequence[_Decision], *, end: float) -> list[_Span]:
+    """From each decision that found the rollout paused to the next one that did not.
+
+    The log holds statuses, not specs: ``spec.paused`` shows there as phase Paused, which the
+    controller keeps until it resumes (or the rollout ends). A pause still on at the last
+    decision runs to the end of the chart.
+    """
+    spans = []
+    began: float | None = None
+    for d in decisions:
+        paused = d.status.phase is Phase.PAUSED
+        if paused and began is None:
+            began = d.t
+        elif not paused and began is not None:
+            spans.append(_Span(began, d.t, f"paused +{_elapsed(began)} to +{_elapsed(d.t)}"))
+            began = None
+    if began is not None:
+        spans.append(_Span(began, end, f"paused from +{_elapsed(began)}"))
+    return spans
 
 
 def _checks_section(
@@ -305,17 +416,41 @@ def _check_chart(
 ) -> str:
     last = history[-1]
     points = tuple(
-        _Point(_since(c.at, start), _finite(c.value), failing=not c.passed) for c in history
+        _Point(_since(c.at, start), _finite(c.value), failing=not c.passed, title=c.describe())
+        for c in history
     )
-    limit = f"{last.kind} {_num(last.threshold)}"
+    values = [p.v for p in points if p.v is not None]
     chart = _line_chart(
         [_Series(name, points)],
         label=f"{name} over time",
         t_range=t_range,
         size=_SMALL,
-        rules=[_Rule(last.threshold, f"threshold ({limit})")],
+        rules=[_Rule(last.threshold, f"threshold ({last.bound})")],
+        y_range=_check_range(values, last.threshold),
     )
-    return _figure(f"{name} ({limit})", chart, chart_id=f"check:{name}")
+    return _figure(f"{name} ({last.bound})", chart, chart_id=f"check:{name}")
+
+
+def _check_range(values: Sequence[float], threshold: float) -> tuple[float, float]:
+    """The y-range of a check's chart: its values, and the threshold when it is near them.
+
+    A check far from its threshold (p99 latency of 1 ms against 100 ms) is common and
+    healthy, and what the reader wants then is the data's own movement; a range stretched to
+    the threshold flattens that into a line on the floor. So the threshold is left out when
+    the data would fill less than a fifth of the height, and is drawn instead as a labelled
+    marker at the chart's edge. Not a log scale: error rates are often exactly 0, which a log
+    axis cannot show, and a log axis squeezes the movement at the data's own magnitude.
+    A flat series counts as a tenth of its size, so noise is not blown up to full height.
+    """
+    if not values:
+        return _value_range([threshold])
+    lo, hi = min(values), max(values)
+    size = max(abs(lo), abs(hi))
+    spread = max(hi - lo, size / 10)
+    if size == 0 or max(hi, threshold) - min(lo, threshold) <= 5 * spread:
+        return _value_range([*values, threshold])
+    middle = (lo + hi) / 2
+    return _value_range([min(lo, middle - spread / 2), max(hi, middle + spread / 2)])
 
 
 def _experiment_section(decisions: Sequence[_Decision], *, t_range: tuple[float, float]) -> str:
@@ -354,73 +489,127 @@ def _experiment_section(decisions: Sequence[_Decision], *, t_range: tuple[float,
 
 
 def _experiment_table(experiment: Experiment) -> str:
-    rows = [("Metric", experiment.metric)]
-    rows += [
-        (f"{arm} arm", f"n {arm_summary.n:,.0f}, mean {_num(arm_summary.mean)}")
-        for arm, arm_summary in experiment.arms.items()
-    ]
-    relative = experiment.relative_lift
-    ci = experiment.ci
-    rows += [
-        (
-            "Lift",
-            _num(experiment.lift)
-            + (f" ({relative:+.2%} relative)" if relative is not None else ""),
-        ),
-        ("Confidence sequence", f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "—"),
-        ("p-value", _num(experiment.p_value)),
-        ("Sample-ratio p-value", _num(experiment.srm_p_value)),
-        ("Decision", experiment.decision),
-    ]
-    cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
-    return f'<table id="experiment"><caption>Last look</caption>{cells}</table>'
+    """The last look: each arm's size and mean, then the lift and the verdict.
+
+    Numbers read as ``turnout status`` prints them (``views.experiment_lines``).
+    """
+    arms = _table(
+        "arms",
+        [_Column("Arm"), _Column("n", numeric=True), _Column("Mean", numeric=True)],
+        [
+            ["", arm, f"{a.n:,.0f}", "-" if a.mean is None else f"{a.mean:.4g}"]
+            for arm, a in experiment.arms.items()
+        ],
+        caption=f"Last look at {experiment.metric}",
+    )
+    lift, relative, srm = experiment.lift, experiment.relative_lift, experiment.srm_p_value
+    verdict = _table(
+        "experiment",
+        [
+            _Column("Lift", numeric=True),
+            _Column("Relative lift", numeric=True),
+            _Column("Confidence sequence", numeric=True),
+            _Column("p-value", numeric=True),
+            _Column("Sample-ratio p-value", numeric=True),
+            _Column("Decision"),
+        ],
+        [
+            [
+                "",
+                "-" if lift is None else f"{lift:+.4f}",
+                "-" if relative is None else f"{relative:+.2%}",
+                ci_text(experiment.ci),
+                f"{experiment.p_value:.3g}",
+                "-" if srm is None else f"{srm:.3g}",
+                experiment.decision,
+            ]
+        ],
+    )
+    return arms + "\n" + verdict
 
 
 def _events_table(decisions: Sequence[_Decision]) -> str:
-    rows = []
-    for decision in decisions:
-        for event in decision.events:
-            css = ' class="warning"' if event.type == "Warning" else ""
-            when = escape(decision.at.isoformat(timespec="seconds"))
-            cells = [escape(event.type), escape(event.reason), escape(event.message)]
-            rows.append(
-                f'<tr{css}><td class="num" title="{when}">+{escape(_elapsed(decision.t))}</td>'
-                + "".join(f"<td>{c}</td>" for c in cells)
-                + "</tr>"
-            )
+    rows = [
+        [
+            "warning" if event.type == "Warning" else "",
+            f"+{_elapsed(decision.t)}",
+            f"{decision.at.astimezone(UTC):%H:%M:%S}",
+            event.type,
+            event.reason,
+            event.message,
+        ]
+        for decision in decisions
+        for event in decision.events
+    ]
     if not rows:
         return '<p class="muted">No events recorded.</p>'
-    head = "<tr><th>Time</th><th>Type</th><th>Reason</th><th>Message</th></tr>"
-    return f'<table id="events"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    columns = [
+        _Column("Time", numeric=True),
+        _Column("At (UTC)", numeric=True),
+        _Column("Type"),
+        _Column("Reason"),
+        _Column("Message"),
+    ]
+    return _table("events", columns, rows)
 
 
 def _last_checks_table(decisions: Sequence[_Decision]) -> str:
     checks = next((d.status.checks for d in reversed(decisions) if d.status.checks), [])
     if not checks:
         return '<p class="muted">No analysis ran in this rollout.</p>'
-    rows = []
-    for check in checks:
-        bound = "≤" if check.kind == "max" else "≥"
-        value = "no data" if check.value is None else _num(check.value)
-        rows.append(
-            f'<tr class="{"pass" if check.passed else "fail"}">'
-            f"<td>{escape(check.name)}</td><td class='num'>{escape(value)}</td>"
-            f"<td class='num'>{bound} {escape(_num(check.threshold))}</td>"
-            f"<td>{'passed' if check.passed else 'failed'}</td></tr>"
-        )
-    head = "<tr><th>Check</th><th>Value</th><th>Threshold</th><th>Result</th></tr>"
-    return f'<table id="last-checks"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    columns = [
+        _Column("Check"),
+        _Column("Value", numeric=True),
+        _Column("Threshold", numeric=True),
+        _Column("Result"),
+    ]
+    rows = [["pass" if c.passed else "fail", *check_row(c)] for c in checks]
+    return _table("last-checks", columns, rows)
 
 
-def _figure(caption: str, svg: str, *, chart_id: str, legend: Sequence[_Series] = ()) -> str:
-    keys = ""
-    if len(legend) > 1:
-        keys = "".join(
-            f'<span class="swatch" style="background:{s.color}"></span>{escape(s.name)}'
-            for s in legend
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    #: Right-aligned, header and cells alike, so digits line up under their heading.
+    numeric: bool = False
+
+
+def _table(
+    table_id: str,
+    columns: Sequence[_Column],
+    rows: Sequence[Sequence[str]],
+    *,
+    caption: str = "",
+) -> str:
+    """A table; each row is its CSS class (may be empty) followed by one text per column."""
+
+    def cell(tag: str, column: _Column, text: str) -> str:
+        css = ' class="num"' if column.numeric else ""
+        return f"<{tag}{css}>{escape(text)}</{tag}>"
+
+    head = "".join(cell("th", c, c.name) for c in columns)
+    body = "".join(
+        (f'<tr class="{css}">' if css else "<tr>")
+        + "".join(cell("td", c, text) for c, text in zip(columns, texts, strict=True))
+        + "</tr>"
+        for css, *texts in rows
+    )
+    title = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return (
+        f'<table id="{table_id}">{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _figure(caption: str, svg: str, *, chart_id: str, keys: Sequence[_Key] = ()) -> str:
+    legend = ""
+    if len(keys) > 1:
+        legend = "".join(
+            f'<span class="swatch{" shaded" if k.shaded else ""}" '
+            f'style="background:{k.color}"></span>{escape(k.name)}'
+            for k in keys
         )
     return (
-        f'<figure data-chart="{escape(chart_id)}"><figcaption>{escape(caption)}{keys}'
+        f'<figure data-chart="{escape(chart_id)}"><figcaption>{escape(caption)}{legend}'
         f"</figcaption>\n{svg}\n</figure>"
     )
 
@@ -434,6 +623,8 @@ class _Point:
     #: None is a gap in the line.
     v: float | None
     failing: bool = False
+    #: What hovering the point says (default: the series' name and the value).
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -444,6 +635,28 @@ class _Series:
     #: Hold each value until the next point (weights change in steps, not gradually).
     step: bool = False
     dashed: bool = False
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One legend entry: a line's colour, or a shaded area's."""
+
+    name: str
+    color: str
+    shaded: bool = False
+
+
+def _key(series: _Series) -> _Key:
+    return _Key(series.name, series.color)
+
+
+@dataclass(frozen=True)
+class _Span:
+    """A stretch of time shaded across the whole chart (a pause)."""
+
+    start: float
+    end: float
+    label: str
 
 
 @dataclass(frozen=True)
@@ -514,10 +727,12 @@ def _line_chart(
     size: tuple[int, int],
     band: Sequence[_Band | None] = (),
     rules: Sequence[_Rule] = (),
+    spans: Sequence[_Span] = (),
     y_range: tuple[float, float] | None = None,
     log_y: bool = False,
 ) -> str:
-    """An SVG of lines over time, with an optional shaded band and horizontal rules."""
+    """An SVG of lines over time, with an optional shaded band, horizontal rules (marked at
+    the edge when outside ``y_range``) and shaded stretches of time."""
     values = [p.v for s in series for p in s.points if p.v is not None]
     values += [v for b in band if b is not None for v in (b.lo, b.hi)]
     if y_range is None:
@@ -528,6 +743,7 @@ def _line_chart(
         f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
         f'aria-label="{escape(label)}">',
         *_axes(frame),
+        *(_span(span, frame) for span in spans),
         *_band_shapes(band, frame),
         *(_rule(r, frame) for r in rules),
     ]
@@ -548,7 +764,8 @@ def _axes(frame: _Frame) -> list[str]:
         parts.append(
             f'<line x1="{frame.left}" x2="{frame.right:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
             f'stroke="{_GRID}"/>'
-            f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>'
+            f'<text class="y-tick" x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+            f"{text}</text>"
         )
     most = max(2, frame.width // 110)
     for t in _time_ticks(frame.t_range, most=most):
@@ -579,11 +796,10 @@ def _series_shapes(series: _Series, frame: _Frame) -> list[str]:
         if p.v is None or not (dotted or p.failing):
             continue
         color, css, radius = (_RED, ' class="fail"', 4) if p.failing else (series.color, "", 2.5)
-        verdict = " (failing)" if p.failing else ""
+        title = p.title or f"{series.name} {p.v:.4g}"
         parts.append(
             f'<circle cx="{frame.x(p.t):.1f}" cy="{frame.y(p.v):.1f}" r="{radius}" '
-            f'fill="{color}"{css}><title>+{_elapsed(p.t)}: {escape(series.name)} '
-            f"{_num(p.v)}{verdict}</title></circle>"
+            f'fill="{color}"{css}><title>+{_elapsed(p.t)}: {escape(title)}</title></circle>'
         )
     return parts
 
@@ -638,11 +854,30 @@ def _runs(band: Sequence[_Band | None]) -> list[list[_Band]]:
 
 
 def _rule(rule: _Rule, frame: _Frame) -> str:
+    lo, hi = frame.y_range
+    if not lo <= rule.v <= hi:
+        where = "above" if rule.v > hi else "below"
+        arrow = "▲" if rule.v > hi else "▼"
+        return (
+            f'<text class="rule off-chart" x="{frame.right:.1f}" y="{frame.top - 5}" '
+            f'text-anchor="end" fill="{_INK}">{arrow} {escape(rule.label)}, {where} the chart'
+            "</text>"
+        )
     y = frame.y(rule.v)
     return (
         f'<line class="rule" x1="{frame.left}" x2="{frame.right:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
         f'stroke="{_INK}" stroke-dasharray="4 4"/>'
         f'<text x="{frame.left + 4}" y="{y - 4:.1f}">{escape(rule.label)}</text>'
+    )
+
+
+def _span(span: _Span, frame: _Frame) -> str:
+    left = frame.x(span.start)
+    width = max(frame.x(span.end) - left, 3.0)  # a pause seen by one decision stays visible
+    return (
+        f'<rect class="paused" x="{left:.1f}" y="{frame.top}" width="{width:.1f}" '
+        f'height="{frame.bottom - frame.top:.1f}" fill="{_PAUSED}" fill-opacity="0.45">'
+        f"<title>{escape(span.label)}</title></rect>"
     )
 
 
@@ -704,7 +939,3 @@ def _elapsed(seconds: float) -> str:
         return f"{sign}{minutes}m" + (f"{s:02d}s" if s else "")
     hours, minutes = divmod(minutes, 60)
     return f"{sign}{hours}h" + (f"{minutes:02d}m" if minutes else "")
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4g}"
