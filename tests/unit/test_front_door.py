@@ -173,3 +173,32 @@ def test_history_lists_versions_and_rollouts_newest_first(store: DeploymentStore
     store.save_state("fraud", State(status=ModelDeploymentStatus(history=history), spec=None))
     out = CliRunner().invoke(cli.main, ["history", "fraud"]).output
     assert out.index("v3") < out.index("v2")
+
+
+def _rollout(store: DeploymentStore, version: str, start: datetime, end: Phase) -> None:
+    for offset, phase in ((0, Phase.PROGRESSING), (60, end)):
+        status = ModelDeploymentStatus(
+            phase=phase, rollout_version=version, rollout_started_at=start
+        )
+        store.append_record("fraud", at=start + timedelta(seconds=offset), status=status, events=[])
+
+
+def test_report_shows_the_rollout_history_numbers_and_writes_under_turnout_home(
+    store: DeploymentStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setattr(cli, "settings", lambda: type("S", (), {"home": home})())
+    _rollout(store, "v4", NOW, Phase.ROLLED_BACK)
+    _rollout(store, "v5", NOW + timedelta(hours=1), Phase.PROMOTED)
+    listed = CliRunner().invoke(cli.main, ["history", "fraud"]).output.splitlines()
+    rows = [line.split(None, 1) for line in listed[1:]]
+    assert [(n, what.split(",")[0]) for n, what in rows] == [("2", "v5"), ("1", "v4")]
+    assert "RolledBack" in rows[1][1]
+
+    done = CliRunner().invoke(cli.main, ["report", "fraud", "--rollout", "1"])
+    assert done.exit_code == 0, done.output
+    page = (home / "reports" / "fraud-rollout-1.html").read_text()
+    assert "v4" in page and "v5" not in page
+    wrong = CliRunner().invoke(cli.main, ["report", "fraud", "--rollout", "3"])
+    assert wrong.exit_code == 2
+    assert "fraud has 2 rollouts; choose 1 to 2" in wrong.output

@@ -56,9 +56,10 @@ ACTIONS = (
     ),
     ActionCommand(
         "rollback",
-        "Drop the candidate now, or return stable to a past version.\n\nWith a candidate in flight, it is removed at once and stable keeps "
-        "serving. Without one (or with --to), stable goes back to the previous (or the named) "
-        "version from the history.",
+        "Drop the candidate now, or return stable to a past version.\n\n"
+        "With a candidate in flight, it is removed at once and stable keeps serving. Without "
+        "one (or with --to), stable goes back to the previous (or the named) version from the "
+        "history.",
         lambda name, to: (
             lambda spec, st: actions.rollback(spec, name=name, history=st.history, to=to)
         ),
