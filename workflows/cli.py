@@ -24,9 +24,10 @@ from pathlib import Path
 import click
 
 from turnout.io.settings import settings
+from workflows.params import ParamError, RetrainParams, param_info
 from workflows.pipeline import PIPELINES, StepContext, step
 from workflows.runner import run, run_step
-from workflows.steps import NOTIFY, ORDER, ParamError, RetrainParams, param_info
+from workflows.steps import NOTIFY, ORDER
 from workflows.targets import ClusterTarget, DeploymentTarget, LocalTarget
 
 #: Where a step writes its Argo output parameters.

@@ -53,8 +53,9 @@ from hera.workflows import (
 )
 from hera.workflows import models as m
 
+from workflows.params import param_info
 from workflows.pipeline import RETRAIN, StepSpec
-from workflows.steps import CHECK_DRIFT, PACKAGE, PROPOSE, TRAIN, VALIDATE, param_info
+from workflows.steps import CHECK_DRIFT, PACKAGE, PROPOSE, TRAIN, VALIDATE
 
 # Importing Hera re-registers PyYAML's str representer for every yaml.dump and yaml.safe_dump
 # in the process (multi-line strings as blocks, y/n quoted), so the other files turnout
@@ -236,7 +237,7 @@ class WorkflowParameter:
 def retrain_parameters(
     *, model: str, deployment: str, source: str, registry: str
 ) -> tuple[WorkflowParameter, ...]:
-    """The pipeline's parameters (workflows/steps.py) as the workflow's: each step gets them all
+    """The pipeline's parameters (workflows/params.py) as the workflow's: each step gets them all
     as ``--param name=value``; ``argo submit -p name=value`` changes one for a run."""
     defaults = {
         "model": model,
@@ -644,8 +645,10 @@ def to_yaml(obj: Workflow) -> str:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What differs between installations; the defaults are the manifests/workflows ones."""
+class Installation:
+    """One installation's choices that the workflow objects are rendered with (image,
+    registry, schedule, names of what the chart creates, ...); the defaults are the
+    manifests/workflows ones. The chart's copy renders each as a Helm expression instead."""
 
     image: str = IMAGE
     registry: str = REGISTRY
@@ -663,7 +666,7 @@ class Settings:
     labels: Mapping[str, str] | None = None
 
 
-def manifests(s: Settings = Settings()) -> dict[str, Workflow]:
+def manifests(s: Installation = Installation()) -> dict[str, Workflow]:
     """The objects, by file name."""
     return {
         "retrain-cronworkflow.yaml": retrain_cron_workflow(
@@ -704,7 +707,7 @@ def manifests(s: Settings = Settings()) -> dict[str, Workflow]:
     }
 
 
-# The chart's copy: each setting is rendered as a placeholder, then replaced by the Helm
+# The chart's copy: each choice is rendered as a placeholder, then replaced by the Helm
 # expression reading it (the files go through `tpl` with the chart's root context). Each is a
 # whole YAML scalar, so `quote` keeps a value such as "0" or "true" a string.
 _HELM: dict[str, str] = {
@@ -747,11 +750,11 @@ def _labels_include(component: str) -> Callable[[re.Match[str]], str]:
 
 def chart_manifests() -> dict[str, str]:
     """The chart's copy of every file, as Helm template text."""
-    settings = Settings(
+    placeholders = Installation(
         **{name: _placeholder(name) for name in _HELM}, labels={_LABELS_KEY: "HELM_LABELS_END"}
     )
     files = {}
-    for name, obj in manifests(settings).items():
+    for name, obj in manifests(placeholders).items():
         component = "batch-predict" if name.startswith("batch-predict") else "retrain"
         text = obj.to_yaml(sort_keys=False, Dumper=_ArgoDumper)
         # Argo's {{...}} become Helm string literals, which tpl prints back unchanged.

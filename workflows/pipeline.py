@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workflows import steps
+from workflows.params import RetrainParams
+from workflows.records import Candidate, DriftCheck, Package, Record, RunDir, Snapshot, Validation
 from workflows.steps import (
     CHECK_DRIFT,
     NOTIFY,
@@ -33,15 +35,7 @@ from workflows.steps import (
     SNAPSHOT,
     TRAIN,
     VALIDATE,
-    Candidate,
-    DriftCheck,
-    Package,
-    Record,
-    RetrainParams,
-    RunDir,
     SmokeTest,
-    Snapshot,
-    Validation,
 )
 from workflows.targets import DeploymentTarget
 

@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from workflows.pipeline import StepContext, StepSpec, check_order
-from workflows.steps import Record
+from workflows.records import Record
 
 log = logging.getLogger("turnout.workflows")
 

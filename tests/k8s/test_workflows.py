@@ -30,8 +30,8 @@ from tests.k8s.validate import errors
 from workflows import definitions
 from workflows.batch_cli import batch_merge_command, batch_predict_command
 from workflows.cli import step_command
+from workflows.params import RetrainParams
 from workflows.pipeline import RETRAIN
-from workflows.steps import RetrainParams
 
 Obj = dict[str, Any]
 FILES = ("retrain-cronworkflow.yaml", "retrain-workflowtemplate.yaml")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -58,6 +61,42 @@ def test_ks_and_chi_square_detect_shift_and_accept_sameness() -> None:
     ref = drift.categorical_reference(rng.integers(0, 4, 10_000), categories=range(4))
     assert drift.chi_square_test(ref, rng.integers(0, 4, 4000)).p_value > 0.01
     assert drift.chi_square_test(ref, rng.choice(4, 4000, p=[0.4, 0.2, 0.2, 0.2])).p_value < 1e-6
+
+
+def test_binned_ks_is_zero_on_the_reference_and_grows_with_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    ref = drift.numeric_reference(rng.normal(0, 1, 20_000))
+    same = drift.binned_ks(ref, rng.normal(0, 1, 20_000))
+    shifted = drift.binned_ks(ref, rng.normal(0.5, 1, 20_000))
+    assert same < 0.02 < 0.15 < shifted
+    exact = drift.ks_test(rng.normal(0, 1, 20_000), rng.normal(0.5, 1, 20_000)).statistic
+    assert shifted <= exact + 0.02
+
+
+def test_feature_drift_uses_ks_for_numbers_and_chi_square_for_categories() -> None:
+    rng = np.random.default_rng(3)
+    numeric = drift.numeric_reference(rng.normal(0, 1, 20_000))
+    moved = drift.feature_drift("amount", numeric, rng.normal(1.0, 1, 5000))
+    assert (moved.kind, moved.test, moved.level, moved.p_value) == (
+        "numeric",
+        "ks",
+        drift.DriftLevel.ALERT,
+        None,
+    )
+    assert moved.statistic > 0.3
+    categorical = drift.categorical_reference(rng.integers(0, 4, 10_000), categories=range(4))
+    still = drift.feature_drift("channel", categorical, rng.integers(0, 4, 4000))
+    assert (still.kind, still.test, still.level) == ("categorical", "chi2", drift.DriftLevel.OK)
+    assert still.p_value is not None and still.p_value > 0.01
+
+
+def test_feature_drift_round_trips_through_json() -> None:
+    rng = np.random.default_rng(4)
+    ref = drift.categorical_reference(rng.integers(0, 3, 1000), categories=range(3))
+    found = drift.feature_drift("channel", ref, [7] * 50)
+    assert drift.FeatureDrift.from_dict(json.loads(json.dumps(asdict(found)))) == found
+    with pytest.raises(ValueError, match="'sideways'"):
+        drift.FeatureDrift.from_dict({**asdict(found), "level": "sideways"})
 
 
 @settings(max_examples=50, deadline=None)
