@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import uvicorn
 
 from services.http import BodyLimit, Receive, Scope, Send
-from services.router.app import Router
+from services.router.dispatch import Router
 from services.router.file_source import FileRouteSource
 from services.router.kube_source import KubeRouteSource
 from turnout.core.spec import RouteTable, SpecError

@@ -1,4 +1,5 @@
-"""The router's Prometheus metrics (DESIGN §5), in their own registry.
+"""The router's Prometheus metrics, in a registry of their own: each Router (tests build
+several in one process) exports only its own series.
 
 ``turnout_router_upstream_*`` count and time every inference attempt on a version, shadow
 copies included (a candidate call retried on stable is two attempts), so the controller's

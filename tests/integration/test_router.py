@@ -346,6 +346,32 @@ def test_shadow_never_changes_replies_and_reports_real_agreement(
         assert after["true"] - counts["true"] == 50 and after["false"] == counts["false"]
 
 
+def test_plain_json_predict_is_routed_mirrored_and_falls_back_in_its_own_shape(
+    tmp_path, servers, versions
+) -> None:
+    path = tmp_path / "routes.json"
+    stable = {"version": "v1", "url": servers["v1"]}
+    write_routes(path, stable=stable, shadow={"version": "v1", "url": servers["v1"]})
+    x = ROWS[:3]
+    base, cm = router(path)
+    with cm, httpx.Client(base_url=base, timeout=10) as client:
+        resp = client.post("/predict", json={"features": x.tolist()})
+        assert resp.status_code == 200 and resp.headers["x-turnout-variant"] == "stable"
+        expected = predict_proba(store.load(versions[0]).net, x)
+        np.testing.assert_allclose(resp.json()["probability"], expected, rtol=1e-5, atol=1e-7)
+        assert _wait_counts(client, 3) == {"true": 3, "false": 0}  # the shadow read every row
+
+        write_routes(
+            path,
+            stable={"version": "v1", "url": "http://127.0.0.1:9"},  # nothing listens
+            fallback={"mode": "static", "probability": 0.25},
+        )
+        wait_for_table(client, lambda t: t["fallback"]["mode"] == "static")
+        resp = client.post("/predict", json={"features": x.tolist()})
+        assert resp.status_code == 200 and resp.headers["x-turnout-fallback"] == "true"
+        assert resp.json() == {"model_version": "fallback", "probability": [0.25] * 3}
+
+
 def test_a_slow_shadow_does_not_slow_the_primary(tmp_path, servers) -> None:
     slow_url, slow = fake_upstream(delay=2.0, version="slow")
     path = tmp_path / "routes.json"

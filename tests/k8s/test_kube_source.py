@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.router.app import Router
+from services.router.dispatch import Router
 from services.router.kube_source import KubeRouteSource
 from services.router.main import build_kube, table_setter
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401

@@ -1,0 +1,219 @@
+"""The stable endpoint: one URL per model, traffic moved between its versions.
+
+A raw ASGI app (no framework in the hot path). ``Router`` is the entry point: it holds the route
+table, runs the lifespan, matches paths, looks the model up and answers what needs no model
+server (health, metadata passed through, errors). Inference goes to forward (arm, retry,
+fallback), good replies to shadow (mirroring), outcomes to feedback (A/B statistics).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.http import Receive, Scope, Send
+from services.router.asgi import error, header, respond
+from services.router.feedback import Feedback
+from services.router.forward import RETURNED, Client, Forwarder, Pin
+from services.router.kinds import INFER, PREDICT
+from services.router.metrics import RouterMetrics
+from services.router.shadow import SHADOW, ShadowMirror
+from turnout import __version__
+from turnout.core.assign import Arm
+from turnout.core.spec import ModelRoute, RouteTable
+
+log = logging.getLogger("turnout.router")
+
+
+class Router:
+    def __init__(self, *, shadow_max_inflight: int = 64, log_payloads: bool = False) -> None:
+        self.metrics = RouterMetrics()
+        self.table: RouteTable | None = None
+        #: The source has loaded and routes no model (a cluster with no ModelDeployment yet):
+        #: ready, answering 404 for every model, rather than failing readiness forever.
+        self.routes_nothing = False
+        self.loaded_at: datetime | None = None
+        self.source = ""
+        self.last_error: str | None = None
+        self.client = Client(self.metrics)
+        self.shadow = ShadowMirror(
+            self.client.attempt, self.metrics, max_inflight=shadow_max_inflight
+        )
+        self.feedback = Feedback(self.metrics)
+        forwarder = Forwarder(
+            self.client, self.metrics, mirror=self.shadow.mirror, log_payloads=log_payloads
+        )
+        # Bound once: an inference request looks up one attribute here, as it did when
+        # forwarding was a method of this class.
+        self._infer = forwarder.infer
+
+    # --- route table --------------------------------------------------------------------
+
+    def set_table(self, table: RouteTable) -> None:
+        self.feedback.on_table(table)
+        for name, route in table.models.items():
+            # Export every upstream's series at zero before its first call: Prometheus' rate()
+            # cannot see the increase that makes a counter appear.
+            self.metrics.upstream(name, Arm.STABLE, route.stable.version)
+            if route.candidate is not None:
+                self.metrics.upstream(name, Arm.CANDIDATE, route.candidate.version)
+            if route.shadow is not None:
+                self.metrics.upstream(name, SHADOW, route.shadow.version)
+        self.table = table
+        self.routes_nothing = False
+        self.loaded_at = datetime.now(UTC)
+        self.last_error = None
+        self.metrics.table_loaded.set(time.time())
+        log.info("route table loaded: %s", ", ".join(sorted(table.models)))
+
+    def reject_table(self, reason: str) -> None:
+        self.last_error = reason
+        self.metrics.table_errors.inc()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "loadedAt": self.loaded_at.isoformat() if self.loaded_at else None,
+            "lastError": self.last_error,
+            "table": self.table.model_dump(mode="json", by_alias=True) if self.table else None,
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def stop(self) -> None:
+        await self.shadow.drain()
+        await self.client.stop()
+
+    # --- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["v2", "models"] and len(parts) >= 3:
+            await self._model_route(scope, receive, send, method, parts[2], parts[3:])
+        elif path == "/predict" and method == "POST":
+            await self._predict(scope, receive, send)
+        elif path == "/v2/health/live" and method == "GET":
+            await respond(send, 200, b'{"live":true}', {"content-type": "application/json"})
+        elif path == "/v2/health/ready" and method == "GET":
+            ready = self.table is not None or self.routes_nothing
+            await respond(
+                send,
+                200 if ready else 503,
+                orjson.dumps({"ready": ready}),
+                {"content-type": "application/json"},
+            )
+        elif path == "/v2" and method == "GET":
+            doc = {
+                "name": "turnout-router",
+                "version": __version__,
+                "extensions": ["binary_tensor_data"],
+            }
+            await respond(send, 200, orjson.dumps(doc), {"content-type": "application/json"})
+        elif path == "/routes" and method == "GET":
+            body = orjson.dumps(self.describe())
+            await respond(send, 200, body, {"content-type": "application/json"})
+        elif path == "/metrics" and method == "GET":
+            body = generate_latest(self.metrics.registry)
+            await respond(send, 200, body, {"content-type": CONTENT_TYPE_LATEST})
+        else:
+            await error(send, 404, f"no route for {method} {path}")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _route(self, name: str) -> ModelRoute | None:
+        return self.table.models.get(name) if self.table else None
+
+    async def _unknown_model(self, send: Send, name: str) -> None:
+        known = sorted(self.table.models) if self.table else []
+        await error(send, 404, f"model {name!r} not found; known models: {known}")
+
+    # --- /v2/models/{name}/... ----------------------------------------------------------
+
+    async def _model_route(
+        self, scope: Scope, receive: Receive, send: Send, method: str, name: str, rest: list[str]
+    ) -> None:
+        route = self._route(name)
+        if route is None:
+            await self._unknown_model(send, name)
+            return
+        pin: Pin | None = None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            pin = _pinned(route, rest[1])
+            if pin is None:
+                await error(send, 404, f"version {rest[1]!r} of model {name!r} is not routed")
+                return
+            rest = rest[2:]
+        action = rest[0] if rest else ""
+        if method == "POST" and action == "infer" and len(rest) == 1:
+            await self._infer(scope, receive, send, name, route, pin, INFER)
+        elif method == "POST" and action == "feedback" and len(rest) == 1 and pin is None:
+            await self.feedback.handle(receive, send, name, route)
+        elif method == "GET" and (not rest or rest == ["ready"]):
+            await self._metadata(send, name, route, pin, action)
+        else:
+            await error(send, 404, f"no route for {method} {scope['path']}")
+
+    async def _metadata(
+        self, send: Send, name: str, route: ModelRoute, pin: Pin | None, action: str
+    ) -> None:
+        """Model metadata or readiness: the version's own answer, labelled like inference."""
+        arm, target = pin or (Arm.STABLE, route.stable)
+        url = f"{target.url}/v2/models/{name}/versions/{target.version}"
+        reply = await self.client.call(
+            target, url, "GET", b"", {}, route.timeout_ms, ready=action == "ready"
+        )
+        headers = {k: v for k, v in reply.headers.items() if k in RETURNED}
+        headers["x-turnout-variant"] = arm.value
+        headers["x-turnout-model-version"] = target.version
+        await respond(send, reply.status, reply.body, headers)
+
+    # --- /predict -----------------------------------------------------------------------
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = header(scope, b"x-turnout-model")
+        if name is None:
+            models = sorted(self.table.models) if self.table else []
+            if len(models) != 1:
+                await error(
+                    send, 400, f"several models are routed; name one with x-turnout-model: {models}"
+                )
+                return
+            name = models[0]
+        route = self._route(name)
+        if route is None:
+            await self._unknown_model(send, name)
+            return
+        await self._infer(scope, receive, send, name, route, None, PREDICT)
+
+
+def _pinned(route: ModelRoute, version: str) -> Pin | None:
+    """The arm a version named in the path counts under; None when the route has no such one."""
+    if route.stable.version == version:
+        return Arm.STABLE, route.stable
+    if route.candidate is not None and route.candidate.version == version:
+        return Arm.CANDIDATE, route.candidate
+    return None

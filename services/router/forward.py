@@ -1,0 +1,238 @@
+"""Forwarding an inference request to a version, and answering when versions fail.
+
+Per request: pick the arm (turnout.core.assign; a version in the path pins it), forward the body
+untouched, retry a failed candidate once on stable, answer with the route's fallback when stable
+fails too, hand a good reply to the shadow mirror, and write one access record. Nothing per
+request is stored.
+
+``Client`` owns the pooled HTTP client: every call the router makes to a model server goes
+through it (inference, shadow copies, metadata), so the client can be swapped in one place.
+
+The hot-path methods take positional arguments, and the collaborators' methods are bound once
+at construction, so splitting the router into modules added no await, allocation or lookup per
+request; the one new step is a call of ``kind.upstream_url`` where a string was compared.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from services.http import Receive, Scope, Send
+from services.router.asgi import header, read_body, respond
+from services.router.kinds import RequestKind
+from services.router.metrics import RouterMetrics
+from turnout.core import inference_protocol as oip
+from turnout.core.assign import Arm, assign
+from turnout.core.spec import ModelRoute, Upstream
+
+access = logging.getLogger("turnout.router.access")
+
+#: Request headers passed on to the model server; everything else stays at the router.
+FORWARDED = frozenset({b"content-type", b"inference-header-content-length", b"x-request-id"})
+#: Response headers passed back from the model server.
+RETURNED = frozenset({"content-type", "inference-header-content-length"})
+
+#: A version named in the request path: the arm it counts under, and the version.
+Pin = tuple[Arm, Upstream]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    #: False when the version failed (connection error, timeout, 5xx): try elsewhere.
+    ok: bool
+    reason: str = ""
+
+
+#: Hands a good primary reply to the shadow: (model, route, kind, body, headers, reply).
+Mirror = Callable[[str, ModelRoute, RequestKind, bytes, Mapping[str, str], Reply], None]
+
+
+class Client:
+    """The pooled HTTP client to the model servers, opened and closed with the router."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self.metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def attempt(
+        self,
+        target: Upstream,
+        name: str,
+        kind: RequestKind,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout_ms: float,
+        variant: str,
+    ) -> Reply:
+        """One inference attempt on ``target``, counted and timed under ``variant``."""
+        url = kind.upstream_url(target, name)
+        upstream = self.metrics.upstream(name, variant, target.version)
+        started = time.perf_counter()
+        reply = await self.call(target, url, "POST", body, headers, timeout_ms)
+        upstream.duration.observe(time.perf_counter() - started)
+        (upstream.ok if reply.ok else upstream.error).inc()
+        return reply
+
+    async def call(
+        self,
+        target: Upstream,
+        url: str,
+        method: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout_ms: float,
+        *,
+        ready: bool = False,
+    ) -> Reply:
+        """One HTTP call; a timeout, a connection error or a 5xx is a failed Reply."""
+        if ready:
+            url += "/ready"
+        assert self._session is not None, "router not started"
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=body if method == "POST" else None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
+            ) as resp:
+                payload = await resp.read()
+                reply_headers = {k.lower(): v for k, v in resp.headers.items()}
+                status = resp.status
+        except TimeoutError:
+            return Reply(504, b"", {}, ok=False, reason=f"{target.version} timed out")
+        except aiohttp.ClientError as exc:
+            reason = f"{target.version} unreachable: {type(exc).__name__}"
+            return Reply(502, b"", {}, ok=False, reason=reason)
+        if status >= 500:
+            return Reply(
+                status, payload, reply_headers, ok=False, reason=f"{target.version} {status}"
+            )
+        return Reply(status, payload, reply_headers, ok=True)
+
+
+class Forwarder:
+    """Answers inference requests: arm, attempt, retry, fallback, mirror, access record."""
+
+    def __init__(
+        self, client: Client, metrics: RouterMetrics, *, mirror: Mirror, log_payloads: bool
+    ) -> None:
+        self.metrics = metrics
+        self._attempt = client.attempt
+        self._mirror = mirror
+        self._log_payloads = log_payloads
+
+    async def infer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        route: ModelRoute,
+        pin: Pin | None,
+        kind: RequestKind,
+    ) -> None:
+        started = time.perf_counter()
+        body = await read_body(receive)
+        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in FORWARDED}
+        headers["x-request-id"] = request_id
+        if pin is not None:
+            arm, target = pin
+        else:
+            key = header(scope, route.sticky_header.encode())
+            weight = route.candidate.weight if route.candidate is not None else 0.0
+            arm = assign(weight=weight, salt=route.salt, key=key, uniform=random.random())
+            target = route.candidate if arm is Arm.CANDIDATE and route.candidate else route.stable
+
+        reply = await self._attempt(target, name, kind, body, headers, route.timeout_ms, arm)
+        retried = False
+        if not reply.ok and arm is Arm.CANDIDATE and route.retry_on_stable and pin is None:
+            self.metrics.retries.labels(name, reply.reason).inc()
+            retried, arm, target = True, Arm.STABLE, route.stable
+            reply = await self._attempt(target, name, kind, body, headers, route.timeout_ms, arm)
+
+        out = {k: v for k, v in reply.headers.items() if k in RETURNED}
+        out["x-turnout-variant"] = arm.value
+        out["x-turnout-model-version"] = reply.headers.get(
+            "x-turnout-model-version", target.version
+        )
+        out["x-request-id"] = request_id
+        if retried:
+            out["x-turnout-retried"] = "true"
+        status, payload = reply.status, reply.body
+        if not reply.ok:
+            self.metrics.fallbacks.labels(name).inc()
+            status, payload, out = fallback(
+                name=name, route=route, kind=kind, body=body, headers=headers, out=out, reply=reply
+            )
+        elif route.shadow is not None and reply.status == 200 and pin is None:
+            self._mirror(name, route, kind, body, headers, reply)
+        await respond(send, status, payload, out)
+
+        elapsed = time.perf_counter() - started
+        version = out["x-turnout-model-version"]
+        self.metrics.requests.labels(name, arm.value, version, str(status)).inc()
+        self.metrics.duration.labels(name, arm.value).observe(elapsed)
+        record: dict[str, Any] = {
+            "request_id": request_id,
+            "model": name,
+            "variant": arm.value,
+            "version": version,
+            "status": status,
+            "latency_ms": round(elapsed * 1000, 3),
+        }
+        if retried:
+            record["retried"] = reply.reason or True
+        if not reply.ok:
+            record["fallback"] = reply.reason
+        if self._log_payloads:
+            record["payload"] = body.decode("utf-8", "replace")
+        access.info(orjson.dumps(record).decode())
+
+
+def fallback(
+    *,
+    name: str,
+    route: ModelRoute,
+    kind: RequestKind,
+    body: bytes,
+    headers: Mapping[str, str],
+    out: Mapping[str, str],
+    reply: Reply,
+) -> tuple[int, bytes, dict[str, str]]:
+    """The answer when every version failed: the route's static prediction, or an error."""
+    fb = route.fallback
+    base = {
+        "x-turnout-fallback": "true",
+        "x-turnout-variant": out["x-turnout-variant"],
+        "x-turnout-model-version": "fallback",
+        "x-request-id": out["x-request-id"],
+        "content-type": "application/json",
+    }
+    rows = kind.rows(body, headers)
+    if fb.mode == "static" and fb.probability is not None and rows is not None:
+        return 200, orjson.dumps(kind.fallback_doc(name, fb.probability, rows)), base
+    return 503, oip.error_body(f"{fb.message} ({reply.reason})"), base

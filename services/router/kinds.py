@@ -1,0 +1,96 @@
+"""The two ways a caller asks the router for a prediction, and what differs between them.
+
+``POST /v2/models/{name}/infer`` speaks the open inference protocol; ``POST /predict`` is the
+model server's plain JSON (``{"features": [...]}`` in, ``{"probability": [...]}`` out). The
+router forwards both bodies untouched; only four things depend on the kind: the upstream URL,
+how to count the rows of a request (for a static fallback), how to read the scores of a reply
+(to compare a shadow with the primary) and what a fallback answer looks like. Each kind carries
+those four as plain functions, so the forwarding code never asks which kind it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from turnout.core import inference_protocol as oip
+from turnout.core.spec import Upstream
+
+Scores = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKind:
+    name: str
+    #: The URL of one version's endpoint for this kind: (version, model name) -> URL.
+    upstream_url: Callable[[Upstream, str], str]
+    #: Rows in a request body, None when it cannot be read: (body, request headers) -> rows.
+    rows: Callable[[bytes, Mapping[str, str]], int | None]
+    #: The scores of a 200 reply, flat: (body, reply headers) -> scores. Raises on a reply it
+    #: cannot read (oip.ProtocolError, orjson.JSONDecodeError, KeyError, TypeError, ValueError).
+    scores: Callable[[bytes, Mapping[str, str]], Scores]
+    #: The document a static fallback answers: (model name, probability, rows) -> doc.
+    fallback_doc: Callable[[str, float, int], dict[str, Any]]
+
+
+def _infer_url(target: Upstream, model: str) -> str:
+    return f"{target.url}/v2/models/{model}/versions/{target.version}/infer"
+
+
+def _infer_rows(body: bytes, headers: Mapping[str, str]) -> int | None:
+    return oip.rows_of(body, header_length=headers.get(oip.HEADER_LENGTH))
+
+
+def _infer_scores(body: bytes, headers: Mapping[str, str]) -> Scores:
+    return oip.decode_output(body, header_length=headers.get(oip.HEADER_LENGTH)).astype(np.float64)
+
+
+def _infer_fallback(model: str, probability: float, rows: int) -> dict[str, Any]:
+    scores = [probability] * rows
+    return {
+        "model_name": model,
+        "model_version": "fallback",
+        "outputs": [{"name": "probability", "datatype": "FP32", "shape": [rows], "data": scores}],
+    }
+
+
+def _predict_url(target: Upstream, model: str) -> str:
+    return f"{target.url}/predict"
+
+
+def _predict_rows(body: bytes, headers: Mapping[str, str]) -> int | None:
+    try:
+        return len(orjson.loads(body)["features"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _predict_scores(body: bytes, headers: Mapping[str, str]) -> Scores:
+    return np.asarray(orjson.loads(body)["probability"], dtype=np.float64)
+
+
+def _predict_fallback(model: str, probability: float, rows: int) -> dict[str, Any]:
+    return {"model_version": "fallback", "probability": [probability] * rows}
+
+
+#: ``POST /v2/models/{name}[/versions/{v}]/infer``: the open inference protocol, JSON or binary.
+INFER = RequestKind(
+    name="infer",
+    upstream_url=_infer_url,
+    rows=_infer_rows,
+    scores=_infer_scores,
+    fallback_doc=_infer_fallback,
+)
+#: ``POST /predict``: the model server's plain JSON endpoint.
+PREDICT = RequestKind(
+    name="predict",
+    upstream_url=_predict_url,
+    rows=_predict_rows,
+    scores=_predict_scores,
+    fallback_doc=_predict_fallback,
+)
