@@ -1,5 +1,6 @@
 """Benchmark: `turnout batch-predict` against a bare torch forward loop over the same rows
-(DESIGN §10: batch prediction ≥ 50 % of the bare loop's rows/s).
+(target: ≥ 50 % of the bare loop's rows/s, so reading, checking and writing rows costs at
+most as much as scoring them).
 
     .venv/bin/python bench/batch_predict.py [--rows 1000000] [--chunk-rows 65536] [--rounds 5]
 

@@ -1,5 +1,4 @@
-"""Benchmark: how soon after `turnout rollback` returns no request reaches the candidate
-(DESIGN §10).
+"""Benchmark: how soon after `turnout rollback` returns no request reaches the candidate.
 
     .venv/bin/python bench/rollback_latency.py [--trials 20] [--rate 200] [--quiet 1.5] [--keep]
 

@@ -1,4 +1,4 @@
-"""Benchmark: what the router adds to a request (DESIGN §10).
+"""Benchmark: what the router adds to a request.
 
     .venv/bin/python bench/router_overhead.py [--rate 200] [--duration 6] [--rounds 4] [--profile]
 

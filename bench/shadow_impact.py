@@ -1,4 +1,4 @@
-"""Benchmark: what mirroring every request to a shadow version costs the primary (DESIGN §10).
+"""Benchmark: what mirroring every request to a shadow version costs the primary.
 
     .venv/bin/python bench/shadow_impact.py [--rate 200] [--duration 6] [--rounds 4]
 

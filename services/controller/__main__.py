@@ -10,12 +10,11 @@ the next run to adopt.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 
+from services.controller import decisions
 from services.controller.local import LocalController
 from services.controller.supervisor import Supervisor
 from turnout.core.observation import MetricsProvider
@@ -32,9 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--poll", type=float, default=0.1, help="seconds between passes")
     parser.add_argument("--scrape-interval", type=float, default=1.0)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s controller %(message)s", stream=sys.stdout
-    )
+    decisions.configure_logging(fmt="%(asctime)s controller %(message)s")
     use_local_model_store()
     home = settings().home
     supervisor = Supervisor(home, targets_file=args.targets_file)

@@ -11,11 +11,12 @@ deployment's InferenceServices changes. One pass:
 2. **serve** every version ``served_versions()`` names: create its InferenceService, or patch
    it back to what the spec says. A version that left the routing is marked retired and
    deleted ``drain_s`` later, so routers still holding the old table drain onto it.
-3. **decide** with the same pure ``decide()`` as the laptop's loop; only Ready
-   InferenceServices count as endpoints, and metrics are read only when an analysis is due.
+3. **decide** as the laptop's loop does (decisions.py: the pure ``decide()``, metrics read
+   only when an analysis is due); only Ready InferenceServices count as endpoints.
 4. **apply**: one status patch (only if the status changed), then a spec write-back when the
    rollout promoted or ended (with ``resourceVersion``, so a concurrent edit wins and the next
-   pass decides again), the action annotation cleared, and the decision's events.
+   pass decides again), the action annotation cleared, the decision's events, and its line in
+   the log.
 
 The status is written before the spec: a promotion recorded in status with the spec still
 naming the candidate is a state ``decide()`` recognises (the write-back is pending); the
@@ -33,19 +34,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.controller import decisions
 from turnout.core import actions, isvc, rollout
-from turnout.core.observation import MetricsProvider, observe
+from turnout.core.observation import MetricsProvider
 from turnout.core.rollout import Decision
 from turnout.core.spec import (
     ACTION_ANNOTATION,
-    Action,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     Reason,
     SpecError,
     VersionRef,
-    action_of,
     describe,
     dump,
     parse_deployment,
@@ -99,15 +99,25 @@ class ClusterController:
             status = rollout.spec_validity(status, valid=True, message="spec accepted", now=now)
             events.append(("Normal", Reason.ACCEPTED.value, "spec accepted"))
         endpoints, drain_s, problems = self._serve(obj, md, status, now)
-        decision = self._decide(md, status, endpoints, now)
+        annotation = md.metadata.annotations.get(ACTION_ANNOTATION)
+        decision = decisions.decide(
+            self.metrics,
+            spec=md.spec,
+            status=status,
+            endpoints=endpoints,
+            now=now,
+            generation=md.metadata.generation,
+            annotation=annotation,
+        )
         decision = _with_sync(decision, status, problems, now, events)
         landed = self._apply(obj, md, status, decision)
+        key = f"{namespace}/{name}"
+        for type_, reason, message in events:
+            decisions.log_event(log, key, type=type_, reason=reason, message=message)
+        decisions.log_decision(log, key, before=status, decision=decision, annotation=annotation)
         events += [(e.type, e.reason.value, e.message) for e in decision.events]
         for type_, reason, message in events:
             self.kube.emit_event(obj, type=type_, reason=reason, message=message)
-            (log.warning if type_ == "Warning" else log.info)(
-                "%s/%s: %s %s", namespace, name, reason, message
-            )
         requeue = min(decision.requeue_after, drain_s, RETRY_S if not landed else math.inf)
         return Outcome(decision.status, requeue, tuple(events))
 
@@ -133,7 +143,8 @@ class ClusterController:
         self.kube.patch_deployment_status(meta["namespace"], meta["name"], dump(new))
         text = f"spec rejected, the versions serving keep their traffic: {message}"
         self.kube.emit_event(obj, type="Warning", reason=Reason.INVALID_SPEC.value, message=text)
-        log.error("%s/%s: %s", meta["namespace"], meta["name"], text)
+        key = f"{meta['namespace']}/{meta['name']}"
+        decisions.log_event(log, key, type="Warning", reason=Reason.INVALID_SPEC, message=text)
         return Outcome(new, INVALID_REQUEUE_S, (("Warning", Reason.INVALID_SPEC.value, text),))
 
     # --- serve ---------------------------------------------------------------------------
@@ -221,25 +232,7 @@ class ClusterController:
         self.kube.delete_inference_service(meta["namespace"], meta["name"])
         return math.inf
 
-    # --- decide and apply ----------------------------------------------------------------
-
-    def _decide(
-        self,
-        md: ModelDeployment,
-        status: ModelDeploymentStatus,
-        endpoints: dict[str, str],
-        now: datetime,
-    ) -> Decision:
-        query = rollout.analysis_due(md.spec, status, now)
-        observation = observe(self.metrics, query, endpoints=endpoints)
-        return rollout.decide(
-            md.spec,
-            status,
-            observation,
-            now,
-            generation=md.metadata.generation,
-            action=_action(md.metadata.annotations.get(ACTION_ANNOTATION)),
-        )
+    # --- apply ----------------------------------------------------------------------------
 
     def _apply(
         self, obj: Obj, md: ModelDeployment, old: ModelDeploymentStatus, decision: Decision
@@ -256,8 +249,7 @@ class ClusterController:
             # Map keys the new spec drops are nulled: a promoted stable must not inherit the
             # old stable's env.
             patch.update(actions.merge_patch(md.spec, actions.Change(spec=decision.spec)))
-        action = md.metadata.annotations.get(ACTION_ANNOTATION)
-        if action is not None and (decision.clear_action or _action(action) is None):
+        if rollout.clears_action(md.metadata.annotations.get(ACTION_ANNOTATION), decision):
             patch["metadata"] = {"annotations": {ACTION_ANNOTATION: None}}
         if not patch:
             return True
@@ -332,10 +324,3 @@ def _with_sync(
 
 def _condition_is(status: ModelDeploymentStatus, type_: str, value: str) -> bool:
     return any(c.type == type_ and c.status == value for c in status.conditions)
-
-
-def _action(text: str | None) -> Action | None:
-    action = action_of(text)
-    if text is not None and action is None:
-        log.error("ignoring %s=%r: expected promote or abort", ACTION_ANNOTATION, text)
-    return action

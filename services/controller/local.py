@@ -1,10 +1,11 @@
 """The controller on a laptop: fetch → decide → apply over the files in ``$TURNOUT_HOME``.
 
 Each pass, for every ModelDeployment file: accept the spec (or keep the last good one and say
-why), make the supervisor serve the versions it names, read metrics when an analysis is due,
-call the pure ``decide()``, and apply its decision — one state write, the events, a spec
-write-back when the rollout promoted or ended — then write the router's route table. All
-state is in files, so a crash loses nothing and a restart resumes at the same step.
+why), make the supervisor serve the versions it names, decide as the operator does
+(decisions.py: metrics read when an analysis is due, the pure ``decide()``), and apply the
+decision — one state write, the events, a spec write-back when the rollout promoted or ended,
+its line in the log — then write the router's route table. All state is in files, so a crash
+loses nothing and a restart resumes at the same step.
 
 Passes run every ``poll_s`` (0.1 s): a ``turnout rollback`` reaches the route table within
 about one pass, and the router picks the table up within its own poll.
@@ -23,19 +24,18 @@ from pathlib import Path
 
 import yaml
 
+from services.controller import decisions
 from services.controller.supervisor import Supervisor, Want
 from turnout.core import rollout
-from turnout.core.observation import MetricsProvider, observe
+from turnout.core.observation import MetricsProvider
 from turnout.core.spec import (
     ACTION_ANNOTATION,
-    Action,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelRoute,
     Reason,
     RouteTable,
     SpecError,
-    action_of,
     dump,
     route_for,
 )
@@ -111,10 +111,9 @@ class LocalController:
         except SpecError as exc:
             message = str(exc)
             if state.spec_error != message:
-                log.error(
-                    "ModelDeployment %s rejected, the last good spec keeps running: %s",
-                    name,
-                    message,
+                why = f"spec rejected, the last good spec keeps running: {message}"
+                decisions.log_event(
+                    log, name, type="Warning", reason=Reason.INVALID_SPEC, message=why
                 )
                 status = rollout.spec_validity(
                     state.status, valid=False, message=message, now=self.clock()
@@ -151,25 +150,27 @@ class LocalController:
         moved = seen.spec != spec or seen.endpoints != endpoints or action_text is not None
         if not moved and seen.wake_at is not None and now < seen.wake_at:
             return state
-        action = _action(action_text)
-        query = rollout.analysis_due(spec, state.status, now)
-        observation = observe(self.metrics, query, endpoints=endpoints)
-        decision = rollout.decide(
-            spec, state.status, observation, now, generation=state.generation, action=action
+        decision = decisions.decide(
+            self.metrics,
+            spec=spec,
+            status=state.status,
+            endpoints=endpoints,
+            now=now,
+            generation=state.generation,
+            annotation=action_text,
         )
         new = replace(state, status=decision.status)
         if decision.spec is not None:
             new = self._write_back(name, new, decision.spec)
-        if decision.clear_action or (action_text is not None and action is None):
+        if rollout.clears_action(action_text, decision):
             self._clear_action(name)
         if new.status != state.status:
             self.store.save_state(name, new)
         if decision.events or _visible(state, new):
             self._record(name, new, [(e.type, e.reason, e.message) for e in decision.events])
-        for e in decision.events:
-            (log.warning if e.type == "Warning" else log.info)(
-                "%s: %s %s", name, e.reason, e.message
-            )
+        decisions.log_decision(
+            log, name, before=state.status, decision=decision, annotation=action_text
+        )
         seen.spec = new.spec or spec
         seen.endpoints = endpoints
         seen.wake_at = now + timedelta(seconds=decision.requeue_after)
@@ -228,13 +229,6 @@ def _want(spec: ModelDeploymentSpec, version: str) -> Want:
     )
     env = tuple(sorted(ref.env.items())) if ref is not None else ()
     return Want(f"{spec.model}:{version}", env)
-
-
-def _action(text: str | None) -> Action | None:
-    action = action_of(text)
-    if text is not None and action is None:
-        log.error("ignoring %s=%r: expected promote or abort", ACTION_ANNOTATION, text)
-    return action
 
 
 def _visible(old: State, new: State) -> bool:

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import logging
 import random
-import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import kopf
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from services.controller import decisions
 from services.controller.cluster import ClusterController, Outcome
 from turnout.core import isvc
 from turnout.core.crd import GROUP, PLURAL, VERSION
@@ -223,11 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--health-port", type=int, default=8081)
     parser.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus's")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout
-    )
     # kopf logs each timer tick and handler success at INFO: a line a second per deployment.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    decisions.configure_logging(fmt="%(asctime)s %(name)s %(message)s", quiet=["kopf.objects"])
     run(args)
 
 

@@ -1,4 +1,5 @@
-"""Every PromQL query the controller runs, in one place (DESIGN §6).
+"""Every PromQL query the controller runs, in one place: the numbers a rollout is judged on
+can be read, and pasted into Prometheus, without following the provider's code.
 
 Each function returns the query for one number of ``turnout.core.observation.Metrics``; the range
 ``window`` comes from ``window()``, which clamps it so that every range holds enough scrapes.

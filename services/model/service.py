@@ -1,6 +1,9 @@
 """BentoML service serving one fraud-model version.
 
-Endpoints (DESIGN §4):
+One process serves one version, as KServe runs one InferenceService per version: the router
+moves traffic between versions, so each is started, scaled and stopped on its own.
+
+Endpoints:
 - ``POST /predict`` — BentoML API: ``{"features": [[...], ...]}`` -> probabilities;
 - Open Inference Protocol v2 — ``GET /v2``, ``/v2/health/live|ready``,
   ``GET /v2/models/{name}[/versions/{v}][/ready]``, ``POST /v2/models/{name}[/versions/{v}]/infer``

@@ -115,6 +115,34 @@ def _prom(url: str, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def _scraped(url: str, expr: str, want: float) -> None:
+    """Wait until Prometheus answers ``want`` to ``expr`` (its scrapes have caught up)."""
+    _until(lambda: _prom(url, expr) == want, f"Prometheus to hold {expr} == {want}")
+
+
+def _sent(expected: dict[str, Any], psi: float) -> dict[str, float]:
+    """Every raw series the providers' numbers come from, summed, and its value once each
+    increment the test caused has been scraped: the upstream calls by variant and result,
+    their latency observations, the shadow comparisons, the A/B moments, and v1's PSI with
+    the rows behind it (stable calls plus shadow copies)."""
+    calls = queries.CALLS
+    every = expected["stable_calls"] + expected["candidate_calls"] + REQUESTS
+    ab = expected["ab"].values()
+    return {
+        f'sum({calls}{{variant="stable"}})': expected["stable_calls"],
+        f'sum({calls}{{variant="candidate"}})': expected["candidate_calls"],
+        f'sum({calls}{{variant="candidate",result="error"}})': expected["candidate_failed"],
+        f'sum({calls}{{variant="shadow"}})': REQUESTS,
+        f"sum({queries.DURATION}_count)": every,
+        f"sum({queries.AGREEMENT})": REQUESTS,
+        f'sum({queries.AB}{{stat="count"}})': sum(m.n for m in ab),
+        f'sum({queries.AB}{{stat="sum"}})': sum(m.sum for m in ab),
+        f'sum({queries.AB}{{stat="sumsq"}})': sum(m.sumsq for m in ab),
+        f"max({queries.PSI})": psi,
+        f"sum({queries.DRIFT_ROWS})": expected["stable_calls"] + REQUESTS,
+    }
+
+
 @pytest.fixture(scope="module")
 def prometheus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("prometheus")
@@ -169,7 +197,7 @@ def platform(trained, tmp_path_factory, prometheus_dir) -> Iterator[Platform]:
 
             scrape = ScrapeProvider(router_url, lambda: servers)
             first = {"canary": scrape.observe(CANARY), "shadow": scrape.observe(SHADOW)}
-            expected = _drive(client, tag)
+            expected = _drive(client, tag, prom_url)
             _until(
                 lambda: _metric(client.get("/metrics").text, queries.AGREEMENT) == REQUESTS,
                 "every shadow copy compared",
@@ -183,13 +211,9 @@ def platform(trained, tmp_path_factory, prometheus_dir) -> Iterator[Platform]:
                 return _metric(text, queries.PSI) or None
 
             psi = _until(v1_flushed, "the v1 drift window to take every row")
-            calls = expected["stable_calls"] + expected["candidate_calls"] + REQUESTS
-            _until(lambda: _prom(prom_url, f"sum({queries.CALLS})") == calls, "final counts")
-            _until(lambda: _prom(prom_url, f"max({queries.PSI})") == psi, "final PSI")
-            _until(
-                lambda: _prom(prom_url, f'sum({queries.AB}{{stat="count"}})') == FEEDBACK,
-                "final feedback",
-            )
+            # Until Prometheus has scraped the last increments, increase() reads low.
+            for expr, want in _sent(expected, psi).items():
+                _scraped(prom_url, expr, want)
             scraped = {
                 "first_canary": first["canary"],
                 "first_shadow": first["shadow"],
@@ -203,7 +227,7 @@ def platform(trained, tmp_path_factory, prometheus_dir) -> Iterator[Platform]:
             prom.wait(timeout=20)
 
 
-def _drive(client: httpx.Client, tag: str) -> dict[str, Any]:
+def _drive(client: httpx.Client, tag: str, prometheus: str) -> dict[str, Any]:
     """Send the known traffic and feedback; return what each number must come out as."""
     pool = features_matrix(generate(2000, seed=7))
     scores = predict_proba(store.load(tag).net, pool)
@@ -225,6 +249,12 @@ def _drive(client: httpx.Client, tag: str) -> dict[str, Any]:
         assert resp.headers["x-turnout-variant"] == (
             "stable" if fail or not on_candidate else "candidate"
         )
+        if i == 0:
+            # The router creates the agreement series at its first comparison, not at zero
+            # like the upstream calls. increase() counts from a series' first sample and
+            # reaches back to zero only when that sample is small beside what follows: the
+            # rest of the traffic waits until Prometheus has seen the series at 1.
+            _scraped(prometheus, f"sum({queries.AGREEMENT})", 1)
 
     moments: dict[str, Moments] = {}
     for i in range(FEEDBACK):
@@ -250,8 +280,9 @@ def _prometheus(platform: Platform, **kwargs: Any) -> PrometheusProvider:
 
 
 def _count(got: float, want: float, *, exact: bool) -> None:
-    """Scrape deltas are exact; Prometheus' increase() extrapolates to the window's end, by up
-    to one scrape interval, so it may only read high."""
+    """Scrape deltas are exact. Prometheus' increase() extrapolates to the window's end, by up
+    to one scrape interval: once every increment is scraped (the fixture waits for that), it
+    may only read high."""
     assert want * (1 - 1e-9) <= got <= want * (1 + (1e-9 if exact else 0.15))
 
 

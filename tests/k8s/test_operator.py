@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -276,6 +277,35 @@ def test_failing_checks_roll_back_with_the_numbers(cluster: Cluster):
     cluster.tick(after=1)
     cluster.tick(after=31)
     assert cluster.isvc_names() == ["fraud-v1"]
+
+
+def test_the_log_tells_each_decision_once_with_its_numbers(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="turnout.operator")
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    cluster.metrics.candidate = VersionMetrics(requests=500, error_rate=0.2, p99_ms=10.0)
+    cluster.tick(after=61)
+    cluster.edit({"metadata": {"annotations": {ACTION_ANNOTATION: "bogus"}}})
+    cluster.tick(after=61)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "turnout.operator"]
+    assert lines == [
+        ("INFO", "risk/fraud: WaitingForReady waiting for v1's server to be ready"),
+        ("INFO", "risk/fraud: Idle v1 serves all traffic"),
+        ("INFO", "risk/fraud: Started Canary of v2 over stable v1 started"),
+        ("INFO", "risk/fraud: Progressing canary v2 at 10%"),
+        ("WARNING", "risk/fraud: ChecksFailed analysis failed (1 of 2): errorRate 0.2 > 0.01"),
+        ("ERROR", "risk/fraud: ignoring turnout.dev/action='bogus': expected promote or abort"),
+        (
+            "WARNING",
+            "risk/fraud: RolledBack v2 rolled back; v1 serves all traffic: 2 failed analyses "
+            "(maxFailedChecks 2): errorRate 0.2 > 0.01",
+        ),
+    ]
 
 
 def test_each_pass_patches_status_at_most_once(cluster: Cluster):

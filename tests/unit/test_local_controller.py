@@ -7,14 +7,19 @@ restart resumes at the same step, decisions reach the route table and the spec f
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from click.testing import CliRunner
 
+from services.controller import decisions
 from services.controller.local import LocalController
+from services.controller.prometheus import PrometheusProvider
 from turnout.cli import main as cli
 from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable, VersionMetrics
 from turnout.core.spec import ACTION_ANNOTATION, Phase, parse_deployment
@@ -242,6 +247,57 @@ def test_promote_annotation_is_acted_on_and_cleared(loop: Loop) -> None:
     loop.run(after=1)
     assert loop.status.phase is Phase.PROMOTED
     assert ACTION_ANNOTATION not in loop.store.load("fraud").metadata.annotations
+
+
+@pytest.fixture
+def process_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """The log as the controller process sets it up (``python -m services.controller``)."""
+    loggers = [logging.getLogger(name) for name in decisions.REQUEST_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    caplog.set_level(logging.INFO)
+    decisions.configure_logging(fmt="%(message)s")
+    yield caplog
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+def prometheus_answering(*, error_rate: float, asked: list[str]) -> PrometheusProvider:
+    """A PrometheusProvider over HTTP to a fake Prometheus: 500 requests, ``error_rate``,
+    p99 10 ms, and no data for the rest (drift, shadow, A/B)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        query = request.url.params["query"]
+        asked.append(query)
+        value = None
+        if query.startswith("histogram_quantile"):
+            value = 10.0
+        elif query.startswith("(sum(rate("):
+            value = error_rate
+        elif query.startswith("sum(increase(turnout_router_upstream_calls_total"):
+            value = 500.0
+        result = [] if value is None else [{"metric": {}, "value": [0, str(value)]}]
+        return httpx.Response(
+            200, json={"status": "success", "data": {"resultType": "vector", "result": result}}
+        )
+
+    return PrometheusProvider("http://prometheus", transport=httpx.MockTransport(answer))
+
+
+def test_the_log_of_a_pass_tells_the_decision_not_the_queries(
+    loop: Loop, process_log: pytest.LogCaptureFixture
+) -> None:
+    asked: list[str] = []
+    loop.metrics = prometheus_answering(error_rate=0.2, asked=asked)  # type: ignore[assignment]
+    loop.controller = loop.new_controller()
+    loop.write(doc(candidate="v2"))
+    loop.run()
+    process_log.clear()
+    loop.run(after=31)
+    lines = [r.getMessage() for r in process_log.records]
+    assert asked, "the pass read its metrics from Prometheus over HTTP"
+    assert lines == ["fraud: ChecksFailed analysis failed (1 of 2): errorRate 0.2 > 0.01"]
+    loop.run(after=1)
+    assert [r.getMessage() for r in process_log.records] == lines, "told once"
 
 
 def test_cli_rollback_reaches_the_route_table_in_one_pass(

@@ -30,6 +30,7 @@ from turnout.core.spec import (
     Routing,
     StrategyType,
     Target,
+    action_of,
 )
 from turnout.core.stats import Moments
 
@@ -1107,6 +1108,71 @@ def test_no_analysis_without_a_running_rollout(world: Any) -> None:
     w: World = world()
     w.tick(ready=("v1",))
     assert analysis_due(w.spec, w.status, at(1_000_000)) is None
+
+
+# --- what the controllers log and clear ------------------------------------------------------
+
+
+def told(w: World, s: float | None = None, **kw: Any) -> list[tuple[str, str, str]]:
+    """The log lines of one decision of ``w``."""
+    before = w.status
+    return list(rollout.narrate(before, w.tick(s, **kw)))
+
+
+def test_each_decision_is_told_once_with_its_reason_and_numbers() -> None:
+    w = World(spec(canary={"steps": [5, 25]}))
+    assert told(w, 0, ready=()) == [
+        ("Normal", "WaitingForReady", "waiting for v1's server to be ready")
+    ]
+    assert told(w, 1, ready=("v1",)) == [
+        ("Normal", "Started", "Canary of v2 over stable v1 started")
+    ]
+    assert told(w, 2, ready=("v1",)) == [], "still waiting: nothing new to say"
+    assert told(w, 3) == [("Normal", "Progressing", "canary v2 at 5%")]
+    assert told(w, 30) == []
+    thin = "3 v2 requests in the window; the analysis needs 20 (analysis.minRequests)"
+    assert told(w, w.due_at(), m=metrics(requests=3)) == [("Normal", "InsufficientData", thin)]
+    assert told(w, w.due_at(), m=metrics(requests=3)) == [], "the same hold is told once"
+    (step,) = told(w, w.due_at(), m=HEALTHY)
+    assert step[:2] == ("Normal", "StepPassed") and step[2].startswith("v2 5% -> 25%: errorRate")
+    (failed,) = told(w, w.due_at(), m=metrics(error_rate=0.5))
+    assert failed == ("Warning", "ChecksFailed", "analysis failed (1 of 2): errorRate 0.5 > 0.01")
+    (promoted,) = told(w, w.due_at(), m=HEALTHY)
+    assert promoted[:2] == ("Normal", "Promoted") and "v2 promoted over v1" in promoted[2]
+
+
+def test_a_rollout_that_starts_and_sends_traffic_in_one_pass_tells_both() -> None:
+    w = World(spec())
+    assert told(w, 0) == [
+        ("Normal", "Started", "Canary of v2 over stable v1 started"),
+        ("Normal", "Progressing", "canary v2 at 5%"),
+    ]
+
+
+def test_a_rollback_is_one_warning_with_the_failing_numbers() -> None:
+    w = canary_at(0, failed=1)
+    (line,) = told(w, w.due_at(), m=metrics(error_rate=0.5))
+    assert line[:2] == ("Warning", "RolledBack")
+    assert "2 failed analyses (maxFailedChecks 2): errorRate 0.5 > 0.01" in line[2]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "ready", "cleared"),
+    [
+        (None, READY, False),
+        ("promote", READY, True),  # acted on
+        ("promote", ("v1",), False),  # kept until the candidate can be promoted
+        ("abort", ("v1",), True),
+        ("bogus", READY, True),  # names no action: refused once, not on every pass
+    ],
+)
+def test_the_action_annotation_is_cleared_once_acted_on_or_refused(
+    annotation: str | None, ready: tuple[str, ...], cleared: bool
+) -> None:
+    w = World(spec())
+    w.tick(0, ready=("v1",))
+    d = w.tick(1, ready=ready, action=action_of(annotation))
+    assert rollout.clears_action(annotation, d) is cleared
 
 
 # --- properties -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What an operator can do to a ModelDeployment by hand (DESIGN §6 "Manual"), decided purely.
+"""What an operator can do to a ModelDeployment by hand, decided purely.
 
 ``turnout`` (the local file store) and ``kubectl turnout`` (the cluster) offer the same
 commands and must mean the same by them, so both ask these functions what to change and

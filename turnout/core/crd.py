@@ -1,6 +1,7 @@
-"""The ModelDeployment CustomResourceDefinition, generated from turnout/core/spec.py (DESIGN §2).
+"""The ModelDeployment CustomResourceDefinition, generated from turnout/core/spec.py.
 
-The pydantic models are the single source; this module turns their JSON Schema (draft
+The pydantic models are the single source, so what the API server admits cannot drift from
+what the operator parses; this module turns their JSON Schema (draft
 2020-12) into the *structural* OpenAPI v3.0 schema Kubernetes requires:
 
 - every ``$ref`` is inlined (a CRD schema has no ``$defs``), and ``anyOf: [X, null]`` becomes

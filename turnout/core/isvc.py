@@ -1,4 +1,5 @@
-"""The KServe InferenceService that serves one model version (DESIGN §2), as a pure function.
+"""The KServe InferenceService that serves one model version, as a pure function: the
+operator sends, and the tests validate against KServe's own schema, the same object.
 
 One InferenceService per served version, named ``<model>-<version>``: the version's Bento image
 as a custom predictor container on port 3000, probed at ``/readyz`` and ``/livez``, scraped by

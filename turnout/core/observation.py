@@ -1,4 +1,5 @@
-"""What the controller measured: the input ``decide()`` judges (DESIGN §6).
+"""What the controller measured: the input ``decide()`` judges, apart from how it was
+measured, so the rollout core knows nothing of Prometheus or HTTP.
 
 Metrics providers (Prometheus in a cluster and in integration tests, a direct scrape when no
 Prometheus runs) fill these in; the rollout core only reads them. A value is ``None`` when

@@ -4,8 +4,9 @@
 same function runs in the kopf operator and the laptop's file-backed loop. Adapters do
 fetch → decide → apply: read metrics when :func:`analysis_due` says so, call ``decide``,
 then write ``Decision.status`` (one patch), ``Decision.spec`` if the spec must change
-(promotion moves the candidate to stable; an ended rollout clears ``spec.candidate``), emit
-``Decision.events`` and come back after ``Decision.requeue_after`` seconds.
+(promotion moves the candidate to stable; an ended rollout clears ``spec.candidate``), clear
+the action annotation if :func:`clears_action`, emit ``Decision.events``, log what
+:func:`narrate` says, and come back after ``Decision.requeue_after`` seconds.
 
 The life of a candidate::
 
@@ -42,6 +43,7 @@ from turnout.core.spec import (
     Target,
     VersionRef,
     WeightedTarget,
+    action_of,
     seconds,
 )
 
@@ -161,6 +163,42 @@ def _wait_s(spec: ModelDeploymentSpec, strategy: StrategyType) -> float:
     if strategy is StrategyType.AB_TEST:
         return seconds(s.ab_test.interval)
     return seconds(s.canary.interval)
+
+
+def clears_action(annotation: str | None, decision: Decision) -> bool:
+    """Whether the ``turnout.dev/action`` annotation is removed after ``decision``: it was
+    acted on, or it names no action (left in place it would be refused on every pass)."""
+    return annotation is not None and (decision.clear_action or action_of(annotation) is None)
+
+
+#: One line of a controller's log: type, label (a reason, or the phase), message.
+Line = tuple[Literal["Normal", "Warning"], str, str]
+
+
+def narrate(before: ModelDeploymentStatus, decision: Decision) -> tuple[Line, ...]:
+    """What ``decision`` says in the controller's log, once, with its numbers.
+
+    Each event is a line. A decision without an event (the first weight, a step held for
+    data, waiting for a server) is told by the new status message when it changed; so is one
+    whose events do not say how traffic moved (a rollout that starts and sends its first
+    weight in the same pass). Nothing is said when nothing changed.
+    """
+    events = decision.events
+    lines: list[Line] = [(e.type, e.reason.value, e.message) for e in events]
+    after = decision.status
+    if after.message in (before.message, *(e.message for e in events)):
+        return tuple(lines)
+    moved = (after.routing.candidate, after.routing.shadow) != (
+        before.routing.candidate,
+        before.routing.shadow,
+    )
+    if not events or (moved and all(e.reason is not Reason.STEP_PASSED for e in events)):
+        # A hold or a wait names its condition's reason (InsufficientData, WaitingForReady).
+        label = next(
+            (c.reason for c in after.conditions if c.message == after.message), after.phase.value
+        )
+        lines.append(("Normal", label, after.message))
+    return tuple(lines)
 
 
 # --- decide -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Schemas turnout agrees on: the router's route table and the ModelDeployment (DESIGN §2).
+"""Schemas turnout agrees on: the router's route table and the ModelDeployment.
 
 Pure pydantic models: validation messages name the field, so a bad file is rejected with a
 reason an operator can act on. Field names are camelCase on the wire, as in Kubernetes. The

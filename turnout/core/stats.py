@@ -1,4 +1,5 @@
-"""Statistics for A/B decisions (DESIGN §7). Pure: no I/O, no clock, no randomness.
+"""Statistics for A/B decisions: does the candidate's outcome differ from stable's, and can
+the split itself be trusted (sample-ratio mismatch). Pure: no I/O, no clock, no randomness.
 
 Two kinds of test live here. The fixed-horizon ones (two-proportion z-test, Welch's t-test,
 and the sample-size formula that plans them) are only valid if they are read once, at the

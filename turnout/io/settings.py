@@ -49,6 +49,8 @@ class Settings:
 
     #: Root of all local state (model store, deployments, logs). TURNOUT_HOME; default ./.turnout
     home: Path
+    #: BentoML's home, holding the model store. BENTOML_HOME; default TURNOUT_HOME/bentoml
+    bentoml_home: Path
     #: Model served by a model-server process, as ``name:version``. TURNOUT_MODEL
     model: str
     #: torch intra-op threads per model-server worker. TURNOUT_TORCH_THREADS; default 1, because
@@ -91,10 +93,6 @@ class Settings:
     #: Chaos testing: milliseconds added to every inference. TURNOUT_FAULT_DELAY_MS (default 0)
     fault_delay_ms: float
 
-    @property
-    def bentoml_home(self) -> Path:
-        return self.home / "bentoml"
-
 
 @cache
 def settings() -> Settings:
@@ -102,6 +100,7 @@ def settings() -> Settings:
     home = Path(os.environ.get("TURNOUT_HOME") or Path.cwd() / ".turnout").resolve()
     return Settings(
         home=home,
+        bentoml_home=Path(os.environ.get("BENTOML_HOME") or home / "bentoml"),
         model=os.environ.get("TURNOUT_MODEL", "fraud:latest"),
         torch_threads=_int("TURNOUT_TORCH_THREADS", 1),
         max_rows=_int("TURNOUT_MAX_ROWS", 1024),
