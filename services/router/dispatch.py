@@ -64,6 +64,10 @@ class Router:
                 self.metrics.upstream(name, Arm.CANDIDATE, route.candidate.version)
             if route.shadow is not None:
                 self.metrics.upstream(name, SHADOW, route.shadow.version)
+                # Likewise the agreement counts: else the first window of a shadow rollout
+                # misses the comparisons that made the series appear.
+                for agree in ("true", "false"):
+                    self.metrics.shadow_agreement.labels(name, agree)
         self.table = table
         self.routes_nothing = False
         self.loaded_at = datetime.now(UTC)

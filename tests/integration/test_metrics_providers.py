@@ -236,6 +236,10 @@ def _drive(client: httpx.Client, tag: str, prometheus: str) -> dict[str, Any]:
     rows = pool[scores < 0.5][:REQUESTS]
     assert len(rows) == REQUESTS
 
+    # increase() counts from a series' first sample: the router exports the agreement series
+    # at zero when the shadow route loads (as it does the upstream calls), and the traffic
+    # starts once Prometheus has seen them there.
+    _scraped(prometheus, f'count({queries.AGREEMENT}{{model="fraud"}} == 0)', 2)
     candidate = failed = 0
     for i in range(REQUESTS):
         key = f"user-{i}"
@@ -249,12 +253,6 @@ def _drive(client: httpx.Client, tag: str, prometheus: str) -> dict[str, Any]:
         assert resp.headers["x-turnout-variant"] == (
             "stable" if fail or not on_candidate else "candidate"
         )
-        if i == 0:
-            # The router creates the agreement series at its first comparison, not at zero
-            # like the upstream calls. increase() counts from a series' first sample and
-            # reaches back to zero only when that sample is small beside what follows: the
-            # rest of the traffic waits until Prometheus has seen the series at 1.
-            _scraped(prometheus, f"sum({queries.AGREEMENT})", 1)
 
     moments: dict[str, Moments] = {}
     for i in range(FEEDBACK):
