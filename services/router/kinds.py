@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from turnout.core import inference_protocol as oip
 from turnout.core.spec import Upstream
+from turnout_sdk import protocol as oip
 
 Scores = npt.NDArray[np.float64]
 

@@ -33,8 +33,9 @@ from tests.k8s.conftest import (
 from tests.k8s.validate import errors
 from training.data import FRAUD_SCHEMA
 from turnout.core.crd import CRD_PATH, NAME, crd_yaml
-from turnout.core.inference_protocol import decode_infer
 from turnout.core.spec import ModelDeploymentSpec
+from turnout_sdk.protocol import decode_infer
+from turnout_sdk.tensors import Tensor
 
 Obj = dict[str, Any]
 RenderValues = Callable[[str | None], list[Obj]]
@@ -768,10 +769,9 @@ def test_notes_show_a_request_the_model_accepts(notes: str) -> None:
     assert "http://127.0.0.1:8080/v2/models/fraud/infer" in curl
     body = curl[curl.index("-d") + 1].encode()
     n_features = len(FRAUD_SCHEMA.features)
-    request = decode_infer(
-        body, header_length=None, input_name="features", n_features=n_features, max_rows=1
-    )
-    assert request.features.shape == (1, n_features)
+    features = Tensor("features", "FP32", (-1, n_features))
+    request = decode_infer(body, header_length=None, inputs=[features], max_rows=1)
+    assert request.inputs["features"].shape == (1, n_features)
 
 
 # --- the kustomize base ---------------------------------------------------------------------
