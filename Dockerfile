@@ -22,9 +22,11 @@ COPY turnout ./turnout
 COPY training ./training
 COPY services ./services
 COPY workflows ./workflows
+COPY sdk ./sdk
 # Editable, so /app stays the project root: the retrain workflow's package step runs
 # `bentoml build` with /app/bentofile.yaml.
-RUN pip install --no-cache-dir -c constraints.txt -e . \
+RUN pip install --no-cache-dir -c constraints.txt -e ./sdk \
+    && pip install --no-cache-dir -c constraints.txt -e . \
     && mkdir -p /var/lib/turnout \
     && chown 10001:10001 /var/lib/turnout
 

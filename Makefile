@@ -14,10 +14,11 @@ venv: $(STAMP)
 
 # torch==2.13.0 from PyPI brings its NVIDIA wheels (about 3 GB, once: pip's cache makes the
 # next install quick); constraints.txt pins every transitive dependency.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml sdk/pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "turnout needs Python 3.11, found " + sys.version.split()[0]'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ./sdk
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 

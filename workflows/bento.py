@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from turnout.io.settings import use_local_model_store
+from turnout_sdk.server import SDK_VERSION
 from workflows.records import StepError
 
 
@@ -23,6 +24,7 @@ def build(tag: str, out: Path) -> None:
     """``bentoml build`` of the model server with ``tag``, copied to ``out`` for the image
     builder (kaniko's context is that directory; its Dockerfile is env/docker/Dockerfile)."""
     root = _context()
+    sdk_wheel(root)
     proc = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag", str(root)],
         capture_output=True,
@@ -45,6 +47,32 @@ def build(tag: str, out: Path) -> None:
     import bentoml
 
     bentoml.models.BentoModel(tag).resolve(out / "models")
+
+
+def sdk_wheel(root: Path) -> Path:
+    """The serving SDK's wheel that bentofile.yaml packs into the bento, built afresh (a few
+    seconds) so the bento never carries an older SDK than the source."""
+    wheel = root / "sdk" / "dist" / f"turnout_sdk-{SDK_VERSION}-py3-none-any.whl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(wheel.parent),
+            str(root / "sdk"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0 or not wheel.exists():
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StepError(f"building the serving SDK's wheel failed: {tail}")
+    return wheel
 
 
 def _context() -> Path:

@@ -28,9 +28,9 @@ import bentoml  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from services.model import bentoml_fixes  # noqa: E402
 from training import store  # noqa: E402
 from training.model import predict_proba  # noqa: E402
+from turnout_sdk import bentoml_fixes  # noqa: E402
 
 bentoml_fixes.apply()
 MAX_BATCH = int(os.environ.get("BENCH_MAX_BATCH_SIZE", "256"))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.http import Receive, Scope, Send
-from turnout.core import inference_protocol as oip
+from turnout_sdk import protocol as oip
+from turnout_sdk.http import Receive, Scope, Send
 
 
 def header(scope: Scope, name: bytes) -> str | None:

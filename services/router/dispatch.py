@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.http import Receive, Scope, Send
 from services.router.asgi import error, header, respond
 from services.router.feedback import Feedback
 from services.router.forward import RETURNED, Client, Forwarder, Pin
@@ -26,6 +25,7 @@ from services.router.shadow import SHADOW, ShadowMirror
 from turnout import __version__
 from turnout.core.assign import Arm
 from turnout.core.spec import ModelRoute, RouteTable
+from turnout_sdk.http import Receive, Scope, Send
 
 log = logging.getLogger("turnout.router")
 

@@ -14,11 +14,11 @@ import math
 
 import orjson
 
-from services.http import Receive, Send
 from services.router.asgi import error, read_body, respond
 from services.router.metrics import RouterMetrics
 from turnout.core.assign import Arm, assign
 from turnout.core.spec import ModelRoute, RouteTable
+from turnout_sdk.http import Receive, Send
 
 
 class Feedback:

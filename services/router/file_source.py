@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from services.periodic import Periodic
 from turnout.core.spec import RouteTable, SpecError, parse_route_table
+from turnout_sdk.periodic import Periodic
 
 log = logging.getLogger("turnout.router")
 

@@ -26,13 +26,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from services.http import Receive, Scope, Send
 from services.router.asgi import header, read_body, respond
 from services.router.kinds import RequestKind
 from services.router.metrics import RouterMetrics
-from turnout.core import inference_protocol as oip
 from turnout.core.assign import Arm, assign
 from turnout.core.spec import ModelRoute, Upstream
+from turnout_sdk import protocol as oip
+from turnout_sdk.http import Receive, Scope, Send
 
 access = logging.getLogger("turnout.router.access")
 

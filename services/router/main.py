@@ -16,13 +16,13 @@ from typing import Any, Protocol
 
 import uvicorn
 
-from services.http import BodyLimit, Receive, Scope, Send
 from services.router.dispatch import Router
 from services.router.file_source import FileRouteSource
 from services.router.kube_source import KubeRouteSource
 from turnout.core.spec import RouteTable, SpecError
 from turnout.io.kube import Kube, KubeApi, KubeError
 from turnout.io.settings import settings
+from turnout_sdk.http import BodyLimit, Receive, Scope, Send
 
 log = logging.getLogger("turnout.router")
 

@@ -11,12 +11,14 @@ import pytest
 import yaml
 
 from tests.servers import ROOT
+from workflows.bento import sdk_wheel
 
 pytestmark = pytest.mark.slow
 
 
 def test_bentoml_build_packs_the_served_version(trained) -> None:
     _, tag = trained
+    sdk_wheel(ROOT)  # bentofile.yaml packs the serving SDK as a wheel
     env = {**os.environ, "TURNOUT_MODEL": tag}
     out = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag", str(ROOT)],
@@ -36,3 +38,4 @@ def test_bentoml_build_packs_the_served_version(trained) -> None:
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     assert "USER bentoml" in dockerfile  # the model image runs as non-root
     assert (bento / "src" / "services" / "model" / "service.py").exists()
+    assert any(p.name.startswith("turnout_sdk-") for p in (bento / "env" / "python").rglob("*.whl"))

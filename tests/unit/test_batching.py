@@ -8,11 +8,15 @@ import threading
 import numpy as np
 import pytest
 
-from services.model.batching import MicroBatcher
+from turnout_sdk.batching import MicroBatcher
 
 
-def _rows(*values: float) -> np.ndarray:
-    return np.array([[v] for v in values], dtype=np.float32)
+def _rows(*values: float) -> tuple[np.ndarray, np.ndarray]:
+    """One request's two inputs: the values as rows, and a second tensor of row numbers."""
+    return (
+        np.array([[v] for v in values], dtype=np.float32),
+        np.arange(len(values), dtype=np.int64),
+    )
 
 
 class Recorder:
@@ -22,18 +26,20 @@ class Recorder:
         self.batches: list[int] = []
         self.gate = gate
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        x, index = batch
         if self.gate is not None:
             self.gate.wait(5)
         self.batches.append(len(x))
-        return x[:, 0] * 2
+        return x[:, 0] * 2, index
 
 
 def test_a_lone_request_is_answered_alone() -> None:
     model = Recorder()
 
     async def main() -> np.ndarray:
-        return await MicroBatcher(model, max_rows=64)(_rows(1, 2))
+        doubled, _ = await MicroBatcher(model, max_rows=64)(_rows(1, 2))
+        return doubled
 
     assert asyncio.run(main()).tolist() == [2, 4]
     assert model.batches == [2]
@@ -52,7 +58,9 @@ def test_requests_arriving_while_busy_share_the_next_batch(inline_rows: int) -> 
         await asyncio.sleep(0.01)
         gate.set()
         results = await asyncio.gather(first, *rest)
-        return [r.tolist() for r in results]
+        # The second output comes back split the same way: each caller its own row numbers.
+        assert all(r[1].tolist() == list(range(len(r[1]))) for r in results)
+        return [r[0].tolist() for r in results]
 
     if inline_rows:  # an inline batch blocks the loop, so nothing queues behind it: skip
         model.gate = None
@@ -84,17 +92,18 @@ def test_batches_respect_max_rows_and_an_oversized_request_goes_alone() -> None:
 def test_a_failing_model_fails_every_request_in_its_batch_and_recovers() -> None:
     calls = 0
 
-    def flaky(x: np.ndarray) -> np.ndarray:
+    def flaky(batch: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom")
-        return x[:, 0]
+        return (batch[0][:, 0],)
 
     async def main() -> np.ndarray:
         batcher = MicroBatcher(flaky, max_rows=8)
         with pytest.raises(RuntimeError, match="boom"):
             await batcher(_rows(1))
-        return await batcher(_rows(3))
+        (out,) = await batcher(_rows(3))
+        return out
 
     assert asyncio.run(main()).tolist() == [3]

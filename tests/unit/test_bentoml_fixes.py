@@ -6,7 +6,7 @@ import asyncio
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from services.model import bentoml_fixes
+from turnout_sdk import bentoml_fixes
 
 
 def _run(app, timeout: float, n: int) -> tuple[list[int], int]:

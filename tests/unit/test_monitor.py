@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.model.monitor import SlidingWindow
 from turnout.core import drift
+from turnout_sdk.monitor import SlidingWindow
 
 REFS = [
     drift.numeric_reference(np.linspace(0, 100, 1000)),
@@ -39,8 +39,10 @@ def test_window_psi_equals_psi_of_the_last_rows(size: int, chunks: list[int], se
 def test_observe_many_equals_observing_one_by_one() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from services.histograms import observe_many
-    from services.model.monitor import SCORE_BUCKETS
+    from turnout_sdk.histograms import observe_many
+    from turnout_sdk.tasks import BinaryScore
+
+    SCORE_BUCKETS = tuple(BinaryScore().buckets)
 
     values = np.random.default_rng(0).random(500) ** 3
     values[:3] = [0.0, 1.0, SCORE_BUCKETS[2]]  # edges: le is inclusive

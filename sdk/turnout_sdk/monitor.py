@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.histograms import observe_many
-from services.periodic import Periodic
-from turnout.core import drift
+from turnout_sdk import drift
+from turnout_sdk.histograms import observe_many
+from turnout_sdk.periodic import Periodic
+from turnout_sdk.tasks import Outputs, Task
 
-SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 #: How often pending rows are folded into the drift window and the gauges refreshed.
 FLUSH_INTERVAL_S = 0.5
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -66,29 +66,44 @@ class SlidingWindow:
 
 
 class ModelMonitor:
+    """The metrics of one served version: its prediction distribution and drift, per-feature
+    drift for a tabular input, batch sizes and errors by reason.
+
+    What the prediction means comes from the model's task (turnout_sdk.tasks); drift needs a
+    reference in the model's metadata (``turnout_sdk.reference``). Without one, the PSI gauges
+    are not exported at all, and the controller reads their checks as "no data".
+    """
+
     def __init__(
         self,
         *,
         model: str,
         version: str,
-        feature_names: list[str],
-        reference: Mapping[str, Any],
+        reference: Mapping[str, Any] | None,
+        task: Task,
         window: int,
         metrics: Any,
     ) -> None:
         """``metrics`` is ``bentoml.metrics`` (multiprocess-aware prometheus_client)."""
-        self.feature_names = feature_names
-        refs = [drift.Reference.from_dict(reference["features"][n]) for n in feature_names]
-        refs.append(drift.Reference.from_dict(reference["prediction"]))
-        self.window = SlidingWindow(refs, window)
-        self._pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+        reference = reference or {}
+        features = reference.get("features") or {}
+        self.feature_names = list(features)
+        refs = [drift.Reference.from_dict(features[n]) for n in self.feature_names]
+        prediction = reference.get("prediction")
+        self.has_prediction_reference = prediction is not None
+        if prediction is not None:
+            refs.append(drift.Reference.from_dict(prediction))
+        self.window = SlidingWindow(refs, window) if refs else None
+        self.task = task
+        self._pending: list[tuple[npt.NDArray[Any] | None, npt.NDArray[np.float64]]] = []
         self._flusher = Periodic(self.flush, FLUSH_INTERVAL_S)
         labels = {"model": model, "version": version}
+        buckets = tuple(task.buckets) or _buckets_of(prediction)
         self._score = metrics.Histogram(
             name="turnout_model_prediction_score",
-            documentation="Predicted fraud probability",
+            documentation="The task's score of each prediction (probability, class, value)",
             labelnames=["model", "version"],
-            buckets=SCORE_BUCKETS,
+            buckets=buckets,
         ).labels(**labels)
         self._batch = metrics.Histogram(
             name="turnout_model_batch_rows",
@@ -102,13 +117,17 @@ class ModelMonitor:
             labelnames=["model", "version", "feature"],
             multiprocess_mode="mostrecent",
         )
-        self._feature_psi = [feature_psi.labels(**labels, feature=n) for n in feature_names]
-        self._prediction_psi = metrics.Gauge(
-            name="turnout_model_prediction_psi",
-            documentation="PSI of predicted scores over the sliding window vs validation",
-            labelnames=["model", "version"],
-            multiprocess_mode="mostrecent",
-        ).labels(**labels)
+        self._feature_psi = [feature_psi.labels(**labels, feature=n) for n in self.feature_names]
+        self._prediction_psi = (
+            metrics.Gauge(
+                name="turnout_model_prediction_psi",
+                documentation="PSI of the prediction score over the sliding window vs training",
+                labelnames=["model", "version"],
+                multiprocess_mode="mostrecent",
+            ).labels(**labels)
+            if prediction is not None
+            else None
+        )
         self._window_rows = metrics.Gauge(
             name="turnout_model_drift_window_rows",
             documentation="Rows in the drift window (PSI is noisy below a few hundred)",
@@ -122,8 +141,9 @@ class ModelMonitor:
         )
         self._labels = labels
 
-    def observe(self, features: npt.NDArray[np.float32], scores: npt.NDArray[np.float32]) -> None:
-        self._pending.append((features, scores))
+    def observe(self, table: npt.NDArray[Any] | None, outputs: Outputs) -> None:
+        """Record one request: its tabular input (or None) and the model's outputs."""
+        self._pending.append((table if self.feature_names else None, self.task.score(outputs)))
 
     def batch(self, rows: int) -> None:
         self._batch.observe(rows)
@@ -135,14 +155,21 @@ class ModelMonitor:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        features = np.concatenate([f for f, _ in pending]).astype(np.float64)
-        scores = np.concatenate([s for _, s in pending]).astype(np.float64)
+        scores = np.concatenate([s for _, s in pending])
         observe_many(self._score, scores)
-        self.window.add(np.column_stack([features, scores]))
+        if self.window is None:
+            return
+        columns = []
+        if self.feature_names:
+            columns.append(np.concatenate([f for f, _ in pending if f is not None]))
+        if self.has_prediction_reference:
+            columns.append(scores[:, None])
+        self.window.add(np.column_stack(columns).astype(np.float64))
         values = self.window.psi()
-        for gauge, value in zip(self._feature_psi, values[:-1], strict=True):
+        for gauge, value in zip(self._feature_psi, values, strict=False):
             gauge.set(value)
-        self._prediction_psi.set(values[-1])
+        if self._prediction_psi is not None:
+            self._prediction_psi.set(values[-1])
         self._window_rows.set(self.window.rows)
 
     def start(self) -> None:
@@ -151,3 +178,10 @@ class ModelMonitor:
     async def stop(self) -> None:
         await self._flusher.stop()
         self.flush()
+
+
+def _buckets_of(prediction: Mapping[str, Any] | None) -> tuple[float, ...]:
+    """Histogram buckets for a score with no fixed scale: the reference's bin edges."""
+    if prediction and prediction.get("kind") == "numeric" and prediction.get("edges"):
+        return tuple(float(e) for e in prediction["edges"])
+    return (0.0, 1.0)
