@@ -78,19 +78,23 @@ class RouterMetrics:
         )
         self.shadow_requests = Counter(
             "turnout_shadow_requests",
-            "Mirrored requests by result (ok, error, timeout, dropped when in-flight is full)",
+            "Mirrored requests by result (ok, error, timeout, dropped when in-flight is full;"
+            " unreadable or shape_mismatch when the replies could not be compared)",
             ["model", "result"],
             registry=r,
         )
         self.shadow_agreement = Counter(
             "turnout_shadow_agreement",
-            "Rows whose shadow decision (score >= threshold) agreed with the primary's",
+            "Rows where the shadow's reply agreed with the primary's, as the model's comparison"
+            " says (Binary: same side of the threshold, MultiClass: same top class, Regression:"
+            " within the tolerance, Exact: identical)",
             ["model", "agree"],
             registry=r,
         )
         self.shadow_abs_diff = Histogram(
             "turnout_shadow_abs_diff",
-            "Absolute difference between shadow and primary scores, per row",
+            "Difference between shadow and primary, per row: absolute (Binary, Regression),"
+            " total variation between class scores (MultiClass), 0 or 1 (Exact)",
             ["model"],
             buckets=DIFF_BUCKETS,
             registry=r,

@@ -1,10 +1,11 @@
 """Mirroring a sample of good requests to the shadow version, and comparing its replies.
 
 A shadow is a version that answers nobody: the router copies a share of the requests the
-primary answered with 200 to it, in the background, and compares the two replies row by row
-(absolute score difference, and whether both sides of the agreement threshold match). The
-caller never waits on the shadow, and in-flight copies are bounded: past the bound a copy is
-dropped and counted, so a slow shadow cannot pile up memory or connections.
+primary answered with 200 to it, in the background, and compares the two replies row by row as
+the model's route says (turnout/core/compare.py: same side of a threshold, same top class,
+within a tolerance, or identical), counting rows that agree and observing each row's
+difference. The caller never waits on the shadow, and in-flight copies are bounded: past the
+bound a copy is dropped and counted, so a slow shadow cannot pile up memory or connections.
 """
 
 from __future__ import annotations
@@ -21,13 +22,25 @@ from services.histograms import observe_many
 from services.router.forward import Reply
 from services.router.kinds import RequestKind
 from services.router.metrics import RouterMetrics
-from turnout.core import inference_protocol as oip
-from turnout.core.spec import ModelRoute, Upstream
+from turnout.core.compare import Incomparable, Outputs, ShapeMismatch, compare
+from turnout.core.spec import Comparison, ModelRoute, Upstream
+from turnout_sdk import protocol as oip
 
 log = logging.getLogger("turnout.router")
 
 #: The ``variant`` label of mirrored calls (the other two are the Arm values).
 SHADOW = "shadow"
+
+#: Why a pair of replies may not be compared: a body that does not decode, or outputs that do
+#: not fit the comparison (a named output missing, a shape it cannot read).
+_UNREADABLE = (
+    Incomparable,
+    oip.ProtocolError,
+    orjson.JSONDecodeError,
+    KeyError,
+    TypeError,
+    ValueError,
+)
 
 #: ``forward.Client.attempt``: one counted, timed call of a version.
 Attempt = Callable[
@@ -91,7 +104,8 @@ class ShadowMirror:
                 self.metrics.shadow_requests.labels(name, result).inc()
                 return
             self.metrics.shadow_requests.labels(name, "ok").inc()
-            self._compare(name, route, kind, primary, reply)
+            rows = kind.rows(body, headers)
+            self._compare(name, route.comparison, kind=kind, rows=rows, replies=(primary, reply))
         except Exception:  # a shadow must never hurt the router
             log.exception("shadow call failed")
             self.metrics.shadow_requests.labels(name, "error").inc()
@@ -99,21 +113,44 @@ class ShadowMirror:
             self._inflight -= 1
 
     def _compare(
-        self, name: str, route: ModelRoute, kind: RequestKind, primary: Reply, shadow: Reply
+        self,
+        name: str,
+        comparison: Comparison,
+        *,
+        kind: RequestKind,
+        rows: int | None,
+        replies: tuple[Reply, Reply],
     ) -> None:
+        """Count the rows of the primary's and the shadow's replies that agree."""
+        primary, shadow = replies
         try:
-            a = kind.scores(primary.body, primary.headers)
-            b = kind.scores(shadow.body, shadow.headers)
-        except (oip.ProtocolError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            self.metrics.shadow_requests.labels(name, "unreadable").inc()
-            return
-        if a.shape != b.shape:
+            compared = compare(
+                comparison, _outputs(kind, rows, primary), _outputs(kind, rows, shadow)
+            )
+        except ShapeMismatch:
             self.metrics.shadow_requests.labels(name, "shape_mismatch").inc()
             return
-        observe_many(self.metrics.shadow_abs_diff.labels(name), np.abs(a - b))
-        thr = route.agreement_threshold
-        agree = int(np.sum((a >= thr) == (b >= thr)))
+        except _UNREADABLE:
+            self.metrics.shadow_requests.labels(name, "unreadable").inc()
+            return
+        observe_many(self.metrics.shadow_abs_diff.labels(name), compared.difference)
+        agree = int(np.count_nonzero(compared.agree))
         if agree:
             self.metrics.shadow_agreement.labels(name, "true").inc(agree)
-        if len(a) - agree:
-            self.metrics.shadow_agreement.labels(name, "false").inc(len(a) - agree)
+        if len(compared.agree) - agree:
+            self.metrics.shadow_agreement.labels(name, "false").inc(len(compared.agree) - agree)
+
+
+def _outputs(kind: RequestKind, rows: int | None, reply: Reply) -> Outputs:
+    """A 200 reply's outputs by name, rows first.
+
+    ``kind.scores`` reads only the first output, flattened (the codec's ``decode_output``), so
+    its rows are restored from the request's row count, and its name is unknown: a comparison
+    naming an output finds none. Once the codec decodes every output (``decode_outputs``),
+    ``RequestKind`` reads them instead and this body becomes
+    ``return kind.outputs(reply.body, reply.headers)``.
+    """
+    scores = kind.scores(reply.body, reply.headers)
+    if not rows or scores.size % rows:
+        raise Incomparable(f"{scores.size} values do not split into {rows} rows")
+    return {"": scores.reshape(rows, -1)}

@@ -310,7 +310,8 @@ def test_shadow_never_changes_replies_and_reports_real_agreement(
     v1 = predict_proba(store.load(versions[0]).net, ROWS)
     v2 = predict_proba(store.load(versions[1]).net, ROWS)
     threshold = float(np.median(v1))  # a threshold where the two models can disagree
-    write_routes(path, stable=stable, agreementThreshold=threshold)
+    binary = {"type": "Binary", "threshold": threshold}
+    write_routes(path, stable=stable, comparison=binary)
     base, cm = router(path)
     with cm, httpx.Client(base_url=base, timeout=10) as client:
         plain = [infer(client, ROWS[i : i + 1]).content for i in range(150)]
@@ -319,7 +320,7 @@ def test_shadow_never_changes_replies_and_reports_real_agreement(
         write_routes(
             path,
             stable=stable,
-            agreementThreshold=threshold,
+            comparison=binary,
             shadow={"version": "r2", "url": servers["r2"], "percent": 100},
         )
         wait_for_table(client, lambda t: t["shadow"] is not None)
@@ -335,7 +336,7 @@ def test_shadow_never_changes_replies_and_reports_real_agreement(
         write_routes(
             path,
             stable=stable,
-            agreementThreshold=threshold,
+            agreementThreshold=threshold,  # a table written before comparisons still reads
             shadow={"version": "v1", "url": servers["v1"], "percent": 100},
         )
         wait_for_table(client, lambda t: t["shadow"]["version"] == "v1")
@@ -344,6 +345,32 @@ def test_shadow_never_changes_replies_and_reports_real_agreement(
             assert got == pytest.approx([float(v1[i])], rel=1e-5, abs=1e-7)
         after = _wait_counts(client, 200)
         assert after["true"] - counts["true"] == 50 and after["false"] == counts["false"]
+
+
+def test_shadow_rows_agree_as_the_routes_comparison_says(tmp_path, servers, versions) -> None:
+    path = tmp_path / "routes.json"
+    v1 = predict_proba(store.load(versions[0]).net, ROWS[:100]).astype(np.float64)
+    v2 = predict_proba(store.load(versions[1]).net, ROWS[:100]).astype(np.float64)
+    gap = np.abs(v1 - v2)
+    tolerance = float(np.median(gap))  # half the rows within it, half not
+    write_routes(
+        path,
+        stable={"version": "v1", "url": servers["v1"]},
+        shadow={"version": "r2", "url": servers["r2"], "percent": 100},
+        comparison={"type": "Regression", "tolerance": tolerance},
+    )
+    base, cm = router(path)
+    with cm, httpx.Client(base_url=base, timeout=10) as client:
+        wait_for_table(client, lambda t: t["shadow"] is not None)
+        for i in range(0, 100, 4):  # four rows a request: rows, not requests, are counted
+            assert infer(client, ROWS[i : i + 4]).status_code == 200
+        counts = _wait_counts(client, 100)
+        assert counts["true"] + counts["false"] == 100
+        # float32 and micro-batching move scores in the last digit: a row at the median may flip.
+        assert counts["false"] == pytest.approx(int(np.sum(gap > tolerance)), abs=2)
+        text = client.get("/metrics").text
+        m = re.search(r'turnout_shadow_abs_diff_sum\{model="fraud"\} (\S+)', text)
+        assert m is not None and float(m.group(1)) == pytest.approx(gap.sum(), rel=1e-3)
 
 
 def test_plain_json_predict_is_routed_mirrored_and_falls_back_in_its_own_shape(

@@ -30,6 +30,8 @@ from turnout.core.spec import (
     ArmSummary,
     CanaryStrategy,
     Check,
+    Comparison,
+    ComparisonType,
     Condition,
     Experiment,
     Fallback,
@@ -75,6 +77,9 @@ def full_deployment() -> dict[str, Any]:
             analysis=Analysis(max_error_rate=0.02, window="5m"),
             serving=Serving(deployment_mode="Knative", min_replicas=0, scale_metric="concurrency"),
             fallback=Fallback(mode="static", probability=0.01),
+            comparison=Comparison(
+                type=ComparisonType.REGRESSION, tolerance=0.05, relative_tolerance=0.01
+            ),
         ),
         status=ModelDeploymentStatus(
             phase=Phase.PROGRESSING,
@@ -398,6 +403,18 @@ _DELETE = object()
             id="negative-rate",
         ),
         pytest.param(
+            _set("spec.comparison.type", "Ranking"),
+            ("spec.comparison.type", "enum"),
+            "spec.comparison.type",
+            id="unknown-comparison",
+        ),
+        pytest.param(
+            _set("spec.comparison.tolerance", -0.1),
+            ("spec.comparison.tolerance", "minimum"),
+            "spec.comparison.tolerance",
+            id="negative-tolerance",
+        ),
+        pytest.param(
             _set("spec.serving.deploymentMode", "Serverless"),
             ("spec.serving.deploymentMode", "enum"),
             "spec.serving.deploymentMode",
@@ -497,6 +514,7 @@ def meaningful(value: Any) -> Any:
         {"model": "fraud", "stable": {"version": "v1"}, "strategy": {"type": "Shadow"}},
         {"model": "f", "stable": {"version": "v1"}, "serving": {"resources": {}, "maxReplicas": 9}},
         {"model": "f", "stable": {"version": "v1"}, "strategy": {"canary": None}},
+        {"model": "f", "stable": {"version": "v1"}, "comparison": {"type": "MultiClass"}},
     ],
 )
 def test_api_server_defaults_match_the_models(spec: dict[str, Any]) -> None:

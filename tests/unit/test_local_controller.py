@@ -361,6 +361,41 @@ def test_deploy_rejects_a_bad_option_naming_the_field(
     parse_deployment(yaml.safe_load(before))  # what is on disk is still valid
 
 
+def test_deploy_sets_the_shadow_comparison(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch, trained
+) -> None:
+    monkeypatch.setattr(cli, "_store", lambda: loop.store)
+    from training import store
+
+    result, _ = trained
+    if not store.exists("fraud:v2"):
+        store.save(result, name="fraud", version="v2")
+    deploy = ["deploy", "fraud", "--version"]
+    assert CliRunner().invoke(cli.main, [*deploy, "v1"]).exit_code == 0
+    shadow = [*deploy, "v2", "--strategy", "shadow"]
+
+    out = CliRunner().invoke(cli.main, [*shadow, "--comparison", "regression"])
+    assert out.exit_code != 0
+    assert "spec.comparison: type Regression needs tolerance or relativeTolerance" in out.output
+
+    out = CliRunner().invoke(
+        cli.main, [*shadow, "--comparison", "Regression", "--set", "comparison.tolerance=0.05"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "agreement: within 0.05" in out.output
+    comparison = loop.store.load("fraud").spec.comparison
+    assert (comparison.type, comparison.tolerance) == ("Regression", 0.05)
+
+    # Back to Binary: the Regression tolerance does not carry over; a threshold is set by path.
+    out = CliRunner().invoke(
+        cli.main, [*shadow, "--comparison", "binary", "--set", "comparison.threshold=0.7"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "agreement: same side of 0.7" in out.output
+    comparison = loop.store.load("fraud").spec.comparison
+    assert (comparison.type, comparison.threshold, comparison.tolerance) == ("Binary", 0.7, None)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -55,6 +55,7 @@ def spec(
     shadow: dict[str, Any] | None = None,
     ab: dict[str, Any] | None = None,
     analysis: dict[str, Any] | None = None,
+    comparison: dict[str, Any] | None = None,
     paused: bool = False,
 ) -> ModelDeploymentSpec:
     """A spec as an operator writes it (camelCase keys), validated like a real document."""
@@ -70,6 +71,7 @@ def spec(
             | (ab or {}),
         },
         "analysis": analysis or {},
+        "comparison": comparison or {},
         "paused": paused,
     }
     if candidate is not None:
@@ -525,8 +527,8 @@ def test_shadow_mirrors_without_candidate_weight() -> None:
     ("m", "failing"),
     [
         (metrics(agreement=0.99, error_rate=0.03), "shadowErrorRate 0.03 > 0.01"),
-        (metrics(agreement=0.90), "shadowAgreement 0.9 < 0.95"),
-        (metrics(agreement=None), "shadowAgreement no data < 0.95"),
+        (metrics(agreement=0.90), "shadowAgreement (same side of 0.5) 0.9 < 0.95"),
+        (metrics(agreement=None), "shadowAgreement (same side of 0.5) no data < 0.95"),
         (metrics(agreement=0.99, p99=80, stable_p99=40), "latencyRatio 2 > 1.5"),
         (metrics(agreement=0.99, psi=0.3), "predictionPsi 0.3 > 0.25"),
     ],
@@ -542,6 +544,23 @@ def test_failing_shadow_gate_blocks_the_candidate(m: Metrics, failing: str) -> N
     assert f"shadow gate failed: {failing}" in blocked.message
     assert "v2 rolled back; v1 serves all traffic" in blocked.message
     assert [h.version for h in d.status.history] == ["v1"]
+
+
+@pytest.mark.parametrize(
+    ("comparison", "name"),
+    [
+        ({"type": "Binary", "threshold": 0.7}, "shadowAgreement (same side of 0.7)"),
+        ({"type": "MultiClass"}, "shadowAgreement (top class)"),
+        ({"type": "Regression", "tolerance": 0.05}, "shadowAgreement (within 0.05)"),
+        ({"type": "Exact"}, "shadowAgreement (exact)"),
+    ],
+)
+def test_the_agreement_check_says_what_agreement_means(
+    comparison: dict[str, Any], name: str
+) -> None:
+    d = shadowing(comparison=comparison).analyse(metrics(agreement=0.9))
+    assert [c.name for c in d.status.checks if c.name.startswith("shadowAgreement")] == [name]
+    assert f"shadow gate failed: {name} 0.9 < 0.95" in event(d, Reason.SHADOW_BLOCKED).message
 
 
 def test_shadow_gate_waits_for_enough_compared_rows() -> None:
@@ -562,7 +581,8 @@ def test_passing_shadow_then_canary_starts_the_first_step_at_once() -> None:
     assert w.status.failed_checks == 0
     passed = event(d, Reason.SHADOW_PASSED)
     assert passed.message == (
-        "shadow gate passed (shadowErrorRate 0.001 <= 0.01, shadowAgreement 0.99 >= 0.95, "
+        "shadow gate passed (shadowErrorRate 0.001 <= 0.01, "
+        "shadowAgreement (same side of 0.5) 0.99 >= 0.95, "
         "latencyRatio 1.125 <= 1.5, predictionPsi 0.05 <= 0.25); canary begins"
     )
     assert d.spec is None

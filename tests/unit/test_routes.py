@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from services.router.file_source import FileRouteSource
-from turnout.core.spec import RouteTable, SpecError, parse_route_table
+from turnout.core.spec import (
+    Comparison,
+    ComparisonType,
+    RouteTable,
+    Routing,
+    SpecError,
+    Target,
+    dump,
+    parse_deployment,
+    parse_route_table,
+    route_for,
+)
 
 GOOD = {"models": {"fraud": {"stable": {"version": "v1", "url": "http://127.0.0.1:1"}}}}
 
@@ -49,6 +60,10 @@ GOOD = {"models": {"fraud": {"stable": {"version": "v1", "url": "http://127.0.0.
             },
             "models.f.shadow.percent",
         ),
+        (
+            {"models": {"f": {**GOOD["models"]["fraud"], "comparison": {"type": "Regression"}}}},
+            "models.f.comparison: type Regression needs tolerance or relativeTolerance",
+        ),
         ("just text", "(document)"),
     ],
 )
@@ -69,6 +84,35 @@ def test_camel_case_fields_and_defaults() -> None:
     route = table.models["fraud"]
     assert route.sticky_header == "x-user" and route.timeout_ms == 250
     assert route.candidate is None and route.fallback.mode == "error"
+
+
+def test_a_route_compares_as_its_deployment_says() -> None:
+    deployment = parse_deployment(
+        {
+            "metadata": {"name": "digits"},
+            "spec": {
+                "model": "digits",
+                "stable": {"version": "v1"},
+                "comparison": {"type": "MultiClass", "output": "probabilities"},
+            },
+        }
+    )
+    routing = Routing(stable=Target(version="v1", url="http://127.0.0.1:1"))
+    route = route_for(deployment.spec, routing)
+    assert route is not None
+    assert route.comparison == Comparison(type=ComparisonType.MULTI_CLASS, output="probabilities")
+    table = parse_route_table({"models": {"digits": dump(route)}})  # the file round-trips
+    assert table.models["digits"].comparison == route.comparison
+    assert parse_route_table(GOOD).models["fraud"].comparison == Comparison()  # Binary at 0.5
+
+
+def test_a_table_written_with_agreement_threshold_still_reads() -> None:
+    old = {"models": {"fraud": {**GOOD["models"]["fraud"], "agreementThreshold": 0.3}}}
+    route = parse_route_table(old).models["fraud"]
+    assert route.comparison == Comparison(type=ComparisonType.BINARY, threshold=0.3)
+    both = {"models": {"f": {**old["models"]["fraud"], "comparison": {"type": "Exact"}}}}
+    with pytest.raises(SpecError, match=r"models\.f\.agreementThreshold: Extra inputs"):
+        parse_route_table(both)
 
 
 def test_file_source_reloads_on_change_and_keeps_the_last_good_table(tmp_path) -> None:

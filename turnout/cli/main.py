@@ -30,6 +30,7 @@ from turnout.core import actions
 from turnout.core.spec import (
     API_VERSION,
     KIND,
+    ComparisonType,
     ModelDeployment,
     SpecError,
     dump,
@@ -582,6 +583,12 @@ def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--max-samples", type=int, help="A/B: outcomes per arm before Inconclusive")
 @click.option("--mde", type=float, help="A/B: smallest difference in means worth detecting")
 @click.option(
+    "--comparison",
+    type=click.Choice([t.value for t in ComparisonType], case_sensitive=False),
+    help="shadow: how replies are compared with stable's (parameters by --set, e.g."
+    " comparison.tolerance=0.05)",
+)
+@click.option(
     "--set",
     "sets",
     multiple=True,
@@ -610,6 +617,7 @@ def deploy(
     min_samples: int | None,
     max_samples: int | None,
     mde: float | None,
+    comparison: str | None,
     sets: tuple[str, ...],
     env: tuple[str, ...],
     image: str | None,
@@ -665,6 +673,8 @@ def deploy(
     for path, value in options.items():
         if value is not None:
             _set_path(strategy_doc, path, value)
+    if comparison is not None and spec.get("comparison", {}).get("type") != comparison:
+        spec["comparison"] = {"type": comparison}  # another type's parameters do not carry over
     for item in sets:
         key, value = _parse_set(item)
         _set_path(spec, key, value)
@@ -681,7 +691,8 @@ def deploy(
     how = {
         "Canary": f"canary steps {','.join(f'{w:g}' for w in s.canary.steps)}% every "
         f"{s.canary.interval}",
-        "Shadow": f"shadow {s.shadow.percent:g}% for {s.shadow.duration}, then {s.shadow.then}",
+        "Shadow": f"shadow {s.shadow.percent:g}% for {s.shadow.duration}, then {s.shadow.then},"
+        f" agreement: {md.spec.comparison.measure}",
         "ABTest": f"A/B split {s.ab_test.split:g}% on {s.ab_test.sticky_header}, "
         f"metric {s.ab_test.metric}",
     }[s.type.value]

@@ -836,6 +836,11 @@ def _canary_checks(ctx: _Ctx) -> list[Check] | None:
 
 
 def _shadow_checks(ctx: _Ctx) -> list[Check] | None:
+    """Checks on the mirrored traffic; None when too few requests or rows were compared.
+
+    The agreement check is named with what agreement means for the model (``shadowAgreement
+    (top class)``), so every view says what was measured.
+    """
     metrics = ctx.obs.metrics
     if metrics is None:
         return None
@@ -846,7 +851,13 @@ def _shadow_checks(ctx: _Ctx) -> list[Check] | None:
     now = ctx.now
     checks = [
         _check("shadowErrorRate", cand.error_rate, a.max_error_rate, "max", now),
-        _check("shadowAgreement", metrics.shadow_agreement, a.min_shadow_agreement, "min", now),
+        _check(
+            f"shadowAgreement ({ctx.spec.comparison.measure})",
+            metrics.shadow_agreement,
+            a.min_shadow_agreement,
+            "min",
+            now,
+        ),
     ]
     return checks + _relative_checks(a, cand, stable, now)
 

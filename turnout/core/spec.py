@@ -69,6 +69,64 @@ class Fallback(_Spec):
         return self
 
 
+class ComparisonType(StrEnum):
+    BINARY = "Binary"  # a score per row: agree when both are on the same side of threshold
+    MULTI_CLASS = "MultiClass"  # class scores per row: agree when the top class is the same
+    REGRESSION = "Regression"  # a value per row: agree when within the tolerance
+    EXACT = "Exact"  # anything else: agree when a row's values are identical
+
+
+class Comparison(_Spec):
+    """How a shadow's replies are compared with the primary's, row by row.
+
+    Binary: both scores on the same side of threshold. MultiClass: the same top class.
+    Regression: within tolerance, or within relativeTolerance times the primary's value.
+    Exact: identical. analysis.minShadowAgreement gates the share of rows that agree.
+    """
+
+    type: ComparisonType = ComparisonType.BINARY
+    #: Binary: the score from which a row counts as positive (score >= threshold).
+    threshold: float = Field(default=0.5, allow_inf_nan=False)
+    #: Regression: two values agree when they differ by at most this much.
+    tolerance: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    #: Regression: ... or by at most this share of the primary's value (0.01 is 1%).
+    relative_tolerance: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    #: The output compared (absent: the reply's first).
+    output: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _parameters_fit_type(self) -> Comparison:
+        regression = self.type is ComparisonType.REGRESSION
+        if regression and self.tolerance is None and self.relative_tolerance is None:
+            raise ValueError("type Regression needs tolerance or relativeTolerance")
+        if not regression:
+            for name, value in (
+                ("tolerance", self.tolerance),
+                ("relativeTolerance", self.relative_tolerance),
+            ):
+                if value is not None:
+                    raise ValueError(f"{name} applies to type Regression, not {self.type.value}")
+        return self
+
+    @property
+    def measure(self) -> str:
+        """What agreement means, in words: ``top class``, ``within 0.05``, ``exact``."""
+        if self.type is ComparisonType.BINARY:
+            words = f"same side of {self.threshold:g}"
+        elif self.type is ComparisonType.MULTI_CLASS:
+            words = "top class"
+        elif self.type is ComparisonType.EXACT:
+            words = "exact"
+        else:
+            bounds = []
+            if self.tolerance is not None:
+                bounds.append(f"{self.tolerance:g}")
+            if self.relative_tolerance is not None:
+                bounds.append(f"{self.relative_tolerance * 100:g}%")
+            words = "within " + " or ".join(bounds)
+        return words if self.output is None else f"{words}, output {self.output}"
+
+
 class ModelRoute(_Spec):
     stable: Upstream
     candidate: Candidate | None = None
@@ -80,11 +138,21 @@ class ModelRoute(_Spec):
     #: Per-attempt upstream timeout.
     timeout_ms: float = Field(default=1000, gt=0, le=600_000)
     shadow_timeout_ms: float = Field(default=1000, gt=0, le=600_000)
-    #: Score at which a prediction counts as "fraud" when comparing shadow and primary.
-    agreement_threshold: float = Field(default=0.5, ge=0, le=1)
+    #: What counts as the shadow agreeing with the primary.
+    comparison: Comparison = Comparison()
     #: Retry a failed candidate call on stable (inference is idempotent).
     retry_on_stable: bool = True
     fallback: Fallback = Fallback()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agreement_threshold(cls, data: Any) -> Any:
+        """A table written before comparisons had ``agreementThreshold``: a Binary one."""
+        if isinstance(data, dict) and "agreementThreshold" in data and "comparison" not in data:
+            data = dict(data)
+            threshold = data.pop("agreementThreshold")
+            data["comparison"] = {"type": ComparisonType.BINARY.value, "threshold": threshold}
+        return data
 
     @field_validator("sticky_header")
     @classmethod
@@ -278,6 +346,8 @@ class ModelDeploymentSpec(_Spec):
     analysis: Analysis = Analysis()
     serving: Serving = Serving()
     fallback: Fallback = Fallback()
+    #: What counts as the candidate agreeing with stable when shadowing.
+    comparison: Comparison = Comparison()
     #: Freeze weights where they are; analyses stop until resumed.
     paused: bool = False
 
@@ -512,11 +582,14 @@ def dump(model: BaseModel) -> dict[str, Any]:
 
 def route_for(spec: ModelDeploymentSpec, routing: Routing) -> ModelRoute | None:
     """The router's entry for one model, derived from ``status.routing``."""
-    return route_from(routing, spec.fallback)
+    return route_from(routing, spec.fallback, comparison=spec.comparison)
 
 
-def route_from(routing: Routing, fallback: Fallback) -> ModelRoute | None:
-    """The router's entry from ``status.routing`` and the fallback; None before stable routes."""
+def route_from(
+    routing: Routing, fallback: Fallback, *, comparison: Comparison | None = None
+) -> ModelRoute | None:
+    """The router's entry from ``status.routing``, the fallback and the shadow comparison
+    (default Binary at 0.5); None before stable routes."""
     if routing.stable is None:
         return None
     candidate = shadow = None
@@ -537,6 +610,7 @@ def route_from(routing: Routing, fallback: Fallback) -> ModelRoute | None:
         sticky_header=routing.sticky_header,
         salt=routing.salt,
         fallback=fallback,
+        comparison=comparison or Comparison(),
     )
 
 
