@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable, Mapping
 import numpy as np
 import orjson
 
-from services.histograms import observe_many
 from services.router.forward import Reply
 from services.router.kinds import RequestKind
 from services.router.metrics import RouterMetrics
 from turnout.core.compare import Incomparable, Outputs, ShapeMismatch, compare
 from turnout.core.spec import Comparison, ModelRoute, Upstream
 from turnout_sdk import protocol as oip
+from turnout_sdk.histograms import observe_many
 
 log = logging.getLogger("turnout.router")
 
