@@ -222,7 +222,7 @@ def _v2_app() -> Starlette:
         )
 
     async def server_metadata(request: Request) -> Response:
-        doc = {"name": "turnout-sdk", "version": SDK_VERSION, "extensions": ["binary_tensor_data"]}
+        doc = {"name": "turnout", "version": SDK_VERSION, "extensions": ["binary_tensor_data"]}
         return json(runtime(request), doc)
 
     async def server_live(request: Request) -> Response:
