@@ -3,7 +3,7 @@
 ``POST /v2/models/{name}/infer`` speaks the open inference protocol; ``POST /predict`` is the
 model server's plain JSON (``{"features": [...]}`` in, ``{"probability": [...]}`` out). The
 router forwards both bodies untouched; only four things depend on the kind: the upstream URL,
-how to count the rows of a request (for a static fallback), how to read the scores of a reply
+how to count the rows of a request (for a static fallback), how to read the outputs of a reply
 (to compare a shadow with the primary) and what a fallback answer looks like. Each kind carries
 those four as plain functions, so the forwarding code never asks which kind it holds.
 """
@@ -21,7 +21,8 @@ import orjson
 from turnout.core.spec import Upstream
 from turnout_sdk import protocol as oip
 
-Scores = npt.NDArray[np.float64]
+#: Every output of a reply by name, rows first.
+Outputs = dict[str, npt.NDArray[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +32,10 @@ class RequestKind:
     upstream_url: Callable[[Upstream, str], str]
     #: Rows in a request body, None when it cannot be read: (body, request headers) -> rows.
     rows: Callable[[bytes, Mapping[str, str]], int | None]
-    #: The scores of a 200 reply, flat: (body, reply headers) -> scores. Raises on a reply it
-    #: cannot read (oip.ProtocolError, orjson.JSONDecodeError, KeyError, TypeError, ValueError).
-    scores: Callable[[bytes, Mapping[str, str]], Scores]
+    #: The outputs of a 200 reply by name: (body, reply headers) -> outputs. Raises on a reply
+    #: it cannot read (oip.ProtocolError, orjson.JSONDecodeError, KeyError, TypeError,
+    #: ValueError).
+    outputs: Callable[[bytes, Mapping[str, str]], Outputs]
     #: The document a static fallback answers: (model name, probability, rows) -> doc.
     fallback_doc: Callable[[str, float, int], dict[str, Any]]
 
@@ -46,8 +48,8 @@ def _infer_rows(body: bytes, headers: Mapping[str, str]) -> int | None:
     return oip.rows_of(body, header_length=headers.get(oip.HEADER_LENGTH))
 
 
-def _infer_scores(body: bytes, headers: Mapping[str, str]) -> Scores:
-    return oip.decode_output(body, header_length=headers.get(oip.HEADER_LENGTH)).astype(np.float64)
+def _infer_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
+    return oip.decode_outputs(body, header_length=headers.get(oip.HEADER_LENGTH))
 
 
 def _infer_fallback(model: str, probability: float, rows: int) -> dict[str, Any]:
@@ -70,8 +72,8 @@ def _predict_rows(body: bytes, headers: Mapping[str, str]) -> int | None:
         return None
 
 
-def _predict_scores(body: bytes, headers: Mapping[str, str]) -> Scores:
-    return np.asarray(orjson.loads(body)["probability"], dtype=np.float64)
+def _predict_outputs(body: bytes, headers: Mapping[str, str]) -> Outputs:
+    return {"probability": np.asarray(orjson.loads(body)["probability"], dtype=np.float64)}
 
 
 def _predict_fallback(model: str, probability: float, rows: int) -> dict[str, Any]:
@@ -83,7 +85,7 @@ INFER = RequestKind(
     name="infer",
     upstream_url=_infer_url,
     rows=_infer_rows,
-    scores=_infer_scores,
+    outputs=_infer_outputs,
     fallback_doc=_infer_fallback,
 )
 #: ``POST /predict``: the model server's plain JSON endpoint.
@@ -91,6 +93,6 @@ PREDICT = RequestKind(
     name="predict",
     upstream_url=_predict_url,
     rows=_predict_rows,
-    scores=_predict_scores,
+    outputs=_predict_outputs,
     fallback_doc=_predict_fallback,
 )

@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from turnout.core.spec import (
+    Comparison,
     Fallback,
     ModelRoute,
     RouteTable,
@@ -107,7 +108,11 @@ def entry_of(obj: Obj) -> Entry:
     except ValidationError:
         fallback = Fallback()  # the operator reports the spec error; serve with the default
     try:
-        route = route_from(routing, fallback)
+        comparison = Comparison.model_validate(spec.get("comparison") or {})
+    except ValidationError:
+        comparison = Comparison()  # likewise: compare as the default until the spec is fixed
+    try:
+        route = route_from(routing, fallback, comparison=comparison)
     except ValidationError as exc:  # the status is well-formed but routes somewhere impossible
         prefix = ".".join(("status.routing", _ROUTING_FIELD.get(exc.title, ""))).rstrip(".")
         problems = "; ".join(f"{prefix}.{line}" for line in describe(exc).split("; "))

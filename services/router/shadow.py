@@ -142,15 +142,10 @@ class ShadowMirror:
 
 
 def _outputs(kind: RequestKind, rows: int | None, reply: Reply) -> Outputs:
-    """A 200 reply's outputs by name, rows first.
-
-    ``kind.scores`` reads only the first output, flattened (the codec's ``decode_output``), so
-    its rows are restored from the request's row count, and its name is unknown: a comparison
-    naming an output finds none. Once the codec decodes every output (``decode_outputs``),
-    ``RequestKind`` reads them instead and this body becomes
-    ``return kind.outputs(reply.body, reply.headers)``.
-    """
-    scores = kind.scores(reply.body, reply.headers)
-    if not rows or scores.size % rows:
-        raise Incomparable(f"{scores.size} values do not split into {rows} rows")
-    return {"": scores.reshape(rows, -1)}
+    """A 200 reply's outputs by name, rows first; a reply whose rows differ from the
+    request's cannot be compared."""
+    outputs = kind.outputs(reply.body, reply.headers)
+    for name, value in outputs.items():
+        if not rows or len(value) != rows:
+            raise Incomparable(f"output {name!r} has {len(value)} rows, the request {rows}")
+    return outputs

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from services.router.dispatch import Router
-from services.router.kube_source import KubeRouteSource
+from services.router.kube_source import KubeRouteSource, entry_of
 from services.router.main import build_kube, table_setter
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
 from turnout.core.spec import RouteTable
@@ -529,3 +529,12 @@ def test_command_line_refuses_ambiguous_sources(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         router_main.main(argv)
     assert exc.value.code == 2
+
+
+def test_the_route_compares_shadow_replies_as_the_spec_says() -> None:
+    """spec.comparison reaches the router in a cluster as it does locally."""
+    obj = md("digits")
+    obj["spec"]["comparison"] = {"type": "MultiClass"}
+    entry = entry_of(obj)
+    assert entry.route is not None
+    assert entry.route.comparison.type.value == "MultiClass"
