@@ -7,6 +7,10 @@ decision — one state write, the events, a spec write-back when the rollout pro
 its line in the log — then write the router's route table. All state is in files, so a crash
 loses nothing and a restart resumes at the same step.
 
+A version whose server the supervisor gave up on (it failed every start) is decided by
+``rollout.server_failed``: a candidate is rolled back with the reason from its log, a stable is
+reported in status. Any edit of the spec starts the given-up versions afresh.
+
 Passes run every ``poll_s`` (0.1 s): a ``turnout rollback`` reaches the route table within
 about one pass, and the router picks the table up within its own poll.
 """
@@ -17,7 +21,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +31,7 @@ import yaml
 from services.controller import decisions
 from services.controller.supervisor import Supervisor, Want
 from turnout.core import rollout
-from turnout.core.observation import MetricsProvider
+from turnout.core.observation import MetricsProvider, Observation
 from turnout.core.spec import (
     ACTION_ANNOTATION,
     ModelDeployment,
@@ -50,6 +54,8 @@ class _Seen:
 
     spec: ModelDeploymentSpec | None = None
     endpoints: dict[str, str] | None = None
+    #: Versions whose servers were given up on, with why.
+    failures: dict[str, str] | None = None
     wake_at: datetime | None = None
 
 
@@ -71,6 +77,8 @@ class LocalController:
         self.clock = clock
         self.poll_s = poll_s
         self._seen: dict[str, _Seen] = {}
+        #: The spec generation each deployment's servers were last asked for at.
+        self._generations: dict[str, int] = {}
         self._routes_text: str | None = None
 
     def run(self, stop: threading.Event) -> None:
@@ -84,15 +92,29 @@ class LocalController:
     def run_once(self) -> None:
         accepted = [(name, a) for name in self.store.names() if (a := self._accept(name))]
         # Per deployment, the server each served version needs (version -> Want).
+        running = {s.want.tag: s.want for s in self.supervisor.servers.values()}
         wants = {
-            name: {v: _want(spec, v) for v in rollout.served_versions(spec, state.status)}
+            name: {v: _want(spec, v, running) for v in rollout.served_versions(spec, state.status)}
             for name, (spec, state, _) in accepted
         }
-        ready = self.supervisor.ensure({w.key: w for ws in wants.values() for w in ws.values()})
+        edited = [
+            w.key
+            for name, (_, state, _) in accepted
+            if self._generations.get(name, state.generation) != state.generation
+            for w in wants[name].values()
+        ]
+        self._generations = {name: state.generation for name, (_, state, _) in accepted}
+        ready = self.supervisor.ensure(
+            {w.key: w for ws in wants.values() for w in ws.values()}, retry=edited
+        )
+        failures = self.supervisor.failures
         routes: dict[str, ModelRoute] = {}
         for name, (spec, state, action) in accepted:
             endpoints = {v: ready[w.key] for v, w in wants[name].items() if w.key in ready}
-            state = self._reconcile(name, spec, state, endpoints, action)
+            failed = {
+                v: failures[w.key].describe() for v, w in wants[name].items() if w.key in failures
+            }
+            state = self._reconcile(name, spec, state, endpoints, failed, action)
             route = route_for(state.spec or spec, state.status.routing)
             if route is not None:
                 routes[spec.model] = route
@@ -143,14 +165,27 @@ class LocalController:
         spec: ModelDeploymentSpec,
         state: State,
         endpoints: dict[str, str],
+        failures: dict[str, str],
         action_text: str | None,
     ) -> State:
         now = self.clock()
         seen = self._seen.setdefault(name, _Seen())
-        moved = seen.spec != spec or seen.endpoints != endpoints or action_text is not None
+        moved = (
+            seen.spec != spec
+            or seen.endpoints != endpoints
+            or seen.failures != failures
+            or action_text is not None
+        )
         if not moved and seen.wake_at is not None and now < seen.wake_at:
             return state
-        decision = decisions.decide(
+        decision = rollout.server_failed(
+            spec,
+            state.status,
+            Observation(endpoints=endpoints),
+            now,
+            failures=failures,
+            generation=state.generation,
+        ) or decisions.decide(
             self.metrics,
             spec=spec,
             status=state.status,
@@ -173,6 +208,7 @@ class LocalController:
         )
         seen.spec = new.spec or spec
         seen.endpoints = endpoints
+        seen.failures = failures
         seen.wake_at = now + timedelta(seconds=decision.requeue_after)
         return new
 
@@ -223,12 +259,16 @@ class LocalController:
         self._routes_text = text
 
 
-def _want(spec: ModelDeploymentSpec, version: str) -> Want:
+def _want(spec: ModelDeploymentSpec, version: str, running: Mapping[str, Want]) -> Want:
+    """The server ``version`` needs: as the spec names it, else (a version only the routing
+    still names, e.g. the stable being rolled back from) the one already serving it."""
+    tag = f"{spec.model}:{version}"
     ref = next(
         (r for r in (spec.stable, spec.candidate) if r is not None and r.version == version), None
     )
-    env = tuple(sorted(ref.env.items())) if ref is not None else ()
-    return Want(f"{spec.model}:{version}", env)
+    if ref is None:
+        return running.get(tag, Want(tag))
+    return Want(tag, tuple(sorted(ref.env.items())), ref.service)
 
 
 def _visible(old: State, new: State) -> bool:

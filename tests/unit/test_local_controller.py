@@ -33,8 +33,10 @@ class FakeSupervisor:
 
     def __init__(self) -> None:
         self.ports: dict[str, int] = {}
+        self.servers: dict = {}
+        self.failures: dict = {}
 
-    def ensure(self, wanted):
+    def ensure(self, wanted, *, retry=()):
         for key in wanted:
             self.ports.setdefault(key, 9000 + len(self.ports))
         return {k: f"http://127.0.0.1:{self.ports[k]}" for k in wanted}

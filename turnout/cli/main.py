@@ -208,27 +208,78 @@ def _model_store_exists() -> bool:
 
 
 def _check_model(tag: str) -> str:
-    if ":" not in tag:
+    """``tag`` when that model version is in the model store; else why not and how to add it."""
+    name, sep, version = tag.partition(":")
+    if not sep or not name or not version:
         raise click.UsageError(f"name the version as name:version, e.g. {tag}:v1")
-    missing = click.ClickException(
-        f"model {tag} not found in {settings().home}; `turnout models` lists what exists"
+    how = (
+        "`turnout train` trains one"
+        if name == DEFAULT_MODEL
+        else f"train {name} and save it to the BentoML model store with "
+        f"BENTOML_HOME={settings().bentoml_home} (e.g. examples/digits/train.py)"
     )
-    if not _model_store_exists():  # checked first: importing the store would create it
-        raise missing
-    from training import store
+    if not _model_store_exists():  # checked first: importing bentoml would create the store
+        raise click.ClickException(f"model {tag} not found in {settings().home} (no models); {how}")
+    from turnout.io.settings import use_local_model_store
 
-    if not store.exists(tag):
-        raise missing
+    use_local_model_store()
+    import bentoml
+    from bentoml.exceptions import NotFound as ModelMissing
+
+    try:
+        bentoml.models.get(tag)
+    except ModelMissing:
+        try:
+            versions = sorted(str(m.tag.version) for m in bentoml.models.list(name))
+        except ModelMissing:
+            versions = []
+        have = f"{name} has {', '.join(versions)}" if versions else f"no {name}"
+        raise click.ClickException(
+            f"model {tag} not found in {settings().home} ({have}); {how}, or name a version "
+            "`turnout models` lists"
+        ) from None
+    except ValueError as exc:  # not a valid tag
+        raise click.UsageError(f"{tag}: {exc}") from None
     return tag
+
+
+def _service_option(path: str | None) -> str | None:
+    """A --service that names a directory, as an absolute path (the controller runs elsewhere)."""
+    if path is None:
+        return None
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.is_dir() or "/" in path else path
+
+
+def _check_service(service: str, *, tag: str, env: Mapping[str, str], refused: str) -> None:
+    """Refuse (``refused``: "not deployed") a target that is not a turnout model server."""
+    from turnout.io.processes import service_problem
+
+    problem = service_problem(service, tag=tag, env=env)
+    if problem is not None:
+        raise click.ClickException(f"{refused}: {problem}")
+
+
+_SERVICE_HELP = (
+    "what `bentoml serve` runs: a Bento tag, a directory holding a bentofile.yaml, or "
+    "module:Class from the project root"
+)
 
 
 @main.command()
 @click.argument("tag")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=3000, show_default=True, help="port to listen on")
-def serve(tag: str, host: str, port: int) -> None:
+@click.option(
+    "--service", "service", metavar="TARGET", help=_SERVICE_HELP + " (default: the fraud server)"
+)
+def serve(tag: str, host: str, port: int, service: str | None) -> None:
     """Serve model version TAG (e.g. fraud:v1) with BentoML."""
-    cmd, env = serve_command(_check_model(tag), host=host, port=port)
+    service = _service_option(service)
+    _check_model(tag)
+    if service is not None:  # the built-in server is known to be one
+        _check_service(service, tag=tag, env={}, refused="not served")
+    cmd, env = serve_command(tag, host=host, port=port, service=service)
     os.execve(cmd[0], cmd, env)
 
 
@@ -275,16 +326,12 @@ def _example_row() -> list[float]:
     return [round(float(v), 4) for v in row]
 
 
-def _ensure_versions(name: str, *, rows: int) -> tuple[str, str]:
-    """The stable version to serve and a newer one to canary, training what is missing."""
-    from training import store
-    from training.data import generate
-    from training.train import train as fit
+def _ensure_versions(name: str, *, rows: int) -> tuple[str, str | None]:
+    """The stable version to serve and a newer one to canary (None: none to canary).
 
-    def make(version: str, seed: int) -> None:
-        click.echo(f"training {name}:{version} ({rows} synthetic rows, seed {seed})...")
-        store.save(fit(generate(rows, seed=seed), seed=seed), name=name, version=version)
-
+    Only the built-in fraud model is trained when missing; any other model is the user's to
+    train, register and deploy (with its --service) first.
+    """
     ds = _store()
     stable = None
     if name in ds.names():
@@ -293,6 +340,19 @@ def _ensure_versions(name: str, *, rows: int) -> tuple[str, str]:
             stable = state.status.routing.stable.version
         elif state.spec is not None:
             stable = state.spec.stable.version
+    if name != DEFAULT_MODEL:
+        if stable is None:
+            raise click.ClickException(_no_user_model(name))
+        return stable, None  # its candidates are the user's to deploy
+
+    from training import store
+    from training.data import generate
+    from training.train import train as fit
+
+    def make(version: str, seed: int) -> None:
+        click.echo(f"training {name}:{version} ({rows} synthetic rows, seed {seed})...")
+        store.save(fit(generate(rows, seed=seed), seed=seed), name=name, version=version)
+
     if stable is None:
         if not store.exists(f"{name}:v1"):
             make("v1", 0)
@@ -305,6 +365,16 @@ def _ensure_versions(name: str, *, rows: int) -> tuple[str, str]:
     else:
         candidate = newer[0]
     return stable, candidate
+
+
+def _no_user_model(name: str) -> str:
+    return (
+        f"no ModelDeployment {name} in {settings().home}, and turnout trains only its built-in "
+        f"{DEFAULT_MODEL} model: train {name}, save it to the BentoML model store "
+        f"(BENTOML_HOME={settings().bentoml_home}), deploy it with "
+        f"`turnout deploy {name} --version V --service DIR` (DIR holds its bentofile.yaml, as "
+        f"examples/digits does), then run `turnout up --name {name}` again"
+    )
 
 
 @main.command()
@@ -342,12 +412,15 @@ def up(
 
     Trains the demo model's versions if missing, serves the stable one behind the router,
     starts Prometheus (when installed) and the controller, canaries the newer version under
-    light synthetic traffic (with A/B feedback) and shows `turnout status --watch`.
+    light synthetic traffic (with A/B feedback) and shows `turnout status --watch`. Another
+    model (--name) must be deployed first; it is served as deployed, without a canary.
     """
     from turnout.cli.platform import LocalPlatform
     from turnout.cli.traffic import Traffic, conversion
 
     every = _duration_option("--retrain-every", retrain_every) if retrain_every else None
+    if every is not None and name != DEFAULT_MODEL:
+        raise click.UsageError(f"--retrain-every retrains the built-in {DEFAULT_MODEL} model only")
     if every is not None:
         from training.data import Drift
 
@@ -370,28 +443,24 @@ def up(
         )
         platform.start()
         base = platform.url
-        body = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "features",
-                        "shape": [1, 14],
-                        "datatype": "FP32",
-                        "data": _example_row(),
-                    }
-                ]
+        call = f"  curl -si {base}/v2/models/{name}/infer -H 'content-type: application/json'"
+        if name == DEFAULT_MODEL:
+            row = _example_row()
+            doc = {
+                "inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32", "data": row}]
             }
-        )
+            call += f" \\\n    -H 'x-user-id: alice' -d '{json.dumps(doc)}'"
+        else:
+            call += f" -d '...'   (the inputs {name}'s service declares)"
         click.echo(
-            f"\nturnout serves {name} at {base}\n\n"
-            f"  curl -si {base}/v2/models/{name}/infer -H 'content-type: application/json' \\\n"
-            f"    -H 'x-user-id: alice' -d '{body}'\n\n"
+            f"\nturnout serves {name} at {base}\n\n{call}\n\n"
             f"  routes {base}/routes   metrics {base}/metrics   "
             f"prometheus {platform.prometheus_url or '(not installed: direct scrapes)'}\n"
             f"  state  {settings().home} (deployments/, logs/)\n"
         )
-        traffic = Traffic(base, name, rate=rate, outcome=conversion({}, 0.1)).start()
-        if not no_canary:
+        if name == DEFAULT_MODEL:  # the synthetic traffic is fraud's rows
+            traffic = Traffic(base, name, rate=rate, outcome=conversion({}, 0.1)).start()
+        if not no_canary and candidate is not None:
             spec = ds.state(name).spec
             if spec is not None and spec.candidate is None:
                 ctx = click.get_current_context()
@@ -603,6 +672,12 @@ def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
     help="environment for this version's model server (repeatable)",
 )
 @click.option("--image", help="container image of the version (used in a cluster)")
+@click.option(
+    "--service",
+    "service",
+    metavar="TARGET",
+    help=_SERVICE_HELP + " (default: the stable version's, else the fraud server)",
+)
 @click.option("--name", help="ModelDeployment name (default: MODEL)")
 def deploy(
     model: str,
@@ -621,15 +696,23 @@ def deploy(
     sets: tuple[str, ...],
     env: tuple[str, ...],
     image: str | None,
+    service: str | None,
     name: str | None,
 ) -> None:
-    """Roll out VERSION of MODEL; a model's first deploy makes it stable."""
+    """Roll out VERSION of MODEL; a model's first deploy makes it stable.
+
+    Nothing is written unless the version's server would start: the model version must be in
+    the store and its service must import as a turnout model server.
+    """
     name = name or model
-    _check_model(f"{model}:{version}")
+    tag = _check_model(f"{model}:{version}")
+    service = _service_option(service)
     ds = _store()
     ref: dict[str, Any] = {"version": version, "env": _parse_env(env)}
     if image:
         ref["image"] = image
+    if service:
+        ref["service"] = service
     try:
         current = ds.load(name)
         doc = dump(current)
@@ -651,6 +734,8 @@ def deploy(
     if not first:
         if spec["stable"]["version"] == version:
             raise click.ClickException(f"{model}:{version} is already stable in {name}")
+        if "service" not in ref and spec["stable"].get("service"):  # same model, same server
+            ref["service"] = spec["stable"]["service"]
         spec["candidate"] = ref
     strategy_doc = spec.setdefault("strategy", {})
     if strategy is not None:
@@ -682,6 +767,8 @@ def deploy(
         md = parse_deployment(doc)
     except (SpecError, ValueError) as exc:
         raise click.ClickException(f"not deployed: {exc}") from None
+    if ref.get("service"):  # the built-in server is known to be one; its model was checked
+        _check_service(ref["service"], tag=tag, env=ref["env"], refused="not deployed")
     with ds.locked(name):
         ds.save(md)
     if first:

@@ -19,6 +19,7 @@ The life of a candidate::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -322,6 +323,8 @@ def _stable(ctx: _Ctx) -> tuple[bool, ModelDeploymentStatus]:
             "routing": routing,
             "history": _push_history(status.history, spec.stable, ctx.now, reason),
             "conditions": conditions,
+            # Failed meant no stable could start (server_failed); one serves now.
+            "phase": Phase.IDLE if status.phase is Phase.FAILED else status.phase,
         }
     )
 
@@ -922,6 +925,51 @@ def serving_sync(
             status, "Synced", "True", Reason.SYNCED, "every version is as the spec says", now
         )
     return status.model_copy(update={"conditions": conditions})
+
+
+def server_failed(
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    observation: Observation,
+    now: datetime,
+    *,
+    failures: Mapping[str, str],
+    generation: int = 0,
+) -> Decision | None:
+    """The decision when servers gave up starting (``failures``: version -> why), or None
+    when no version the spec names is among them (``decide()`` then runs as usual).
+
+    A candidate whose server cannot start is rolled back at once with the reason; stable keeps
+    serving. A stable whose server cannot start is reported (the Ready condition, reason
+    ServerFailed, and the message) instead of being waited for forever; with nothing serving
+    at all the phase is Failed.
+    """
+    cand = spec.candidate
+    if spec.stable.version not in failures and (cand is None or cand.version not in failures):
+        return None
+    ready = next((c for c in status.conditions if c.type == "Ready"), None)
+    ctx = _Ctx(spec, status, observation, now, generation)
+    ctx = _with_status(ctx, _stable(ctx)[1])
+    why = failures.get(spec.stable.version)
+    if why is not None:
+        routed, status = ctx.status.routing.stable, ctx.status
+        older = routed is not None and routed.version != spec.stable.version
+        message = f"{why}; stable {routed.version} keeps serving" if older and routed else why
+        if ready is None or (ready.reason, ready.message) != (Reason.SERVER_FAILED, message):
+            ctx.events.append(Event("Warning", Reason.SERVER_FAILED, message))
+        conditions = _condition(
+            status, "Ready", "True" if older else "False", Reason.SERVER_FAILED, message, now
+        )
+        update = {"message": message, "conditions": conditions}
+        if routed is None:
+            update["phase"] = Phase.FAILED
+        return _done(ctx, status.model_copy(update=update), requeue=RETRY_S)
+    assert cand is not None
+    if _new_rollout(ctx, cand):
+        ctx = _with_status(ctx, _start(ctx, cand))
+    elif ctx.status.phase in SETTLED:
+        return None  # ended already; decide() writes the spec back
+    return _rollback(ctx, Reason.SERVER_FAILED, failures[cand.version], warn=True)
 
 
 # --- plumbing -----------------------------------------------------------------------------

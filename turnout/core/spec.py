@@ -204,6 +204,20 @@ class VersionRef(_Spec):
     image: str | None = None
     #: Extra environment for the version's model server (e.g. TURNOUT_TORCH_THREADS).
     env: dict[str, str] = Field(default_factory=dict)
+    service: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^\S+$",
+        description=(
+            "What `bentoml serve` runs for this version on a laptop (in a cluster the image "
+            "counts): a Bento tag in the local store (digits_service:abc123), a directory "
+            "holding a bentofile.yaml (examples/digits; relative paths are taken from the "
+            "project root), or module:Class importable from the project root. It must be a "
+            "turnout model server (@turnout_sdk.model_server); it loads the model version "
+            "<spec.model>:<version> (TURNOUT_MODEL). Absent: the built-in fraud server, "
+            "services.model.service:FraudModel."
+        ),
+    )
 
 
 class StrategyType(StrEnum):
@@ -399,6 +413,7 @@ class Reason(StrEnum):
     ACCEPTED = "Accepted"  # the spec is valid (again) and runs
     SYNCED = "Synced"  # every served version's InferenceService is as the spec says
     SYNC_FAILED = "SyncFailed"  # an InferenceService could not be created, changed or removed
+    SERVER_FAILED = "ServerFailed"  # a version's server failed every start; no more restarts
 
 
 class Target(_Spec):
