@@ -42,9 +42,15 @@ class FraudModel:
 
     def __init__(self) -> None:
         stored: Any = self.model  # on an instance this is the resolved stored model
-        loaded = store.from_directory(
-            Path(stored.path), tag=str(stored.tag), metadata=dict(stored.info.metadata)
-        )
+        try:
+            loaded = store.from_directory(
+                Path(stored.path), tag=str(stored.tag), metadata=dict(stored.info.metadata)
+            )
+        except (FileNotFoundError, KeyError) as exc:
+            raise RuntimeError(
+                f"{stored.tag} is not a model of the built-in fraud server ({exc}); serve it "
+                "with its own service: turnout deploy MODEL --version V --service DIR"
+            ) from None
         self.net = loaded.net
         self.categorical = [
             (i, f.name, len(f.categories))

@@ -194,13 +194,16 @@ def models(name: str | None, as_json: bool) -> None:
     if not rows:
         click.echo(f"no models in {settings().home}: run `turnout train`")
         return
-    click.echo(f"{'TAG':<24} {'CREATED':<26} {'ROC-AUC':>8} {'PR-AUC':>8} {'BASE PR':>8}")
+    table = [["TAG", "CREATED", "METRICS"]]
     for r in rows:
-        m, b = r["metrics"], r["baseline_metrics"]
-        click.echo(
-            f"{r['tag']:<24} {r['created']:<26} {m.get('roc_auc', 0):>8.4f} "
-            f"{m.get('pr_auc', 0):>8.4f} {b.get('pr_auc', 0):>8.4f}"
+        # Each model's own metrics, whatever its training recorded (none: said so).
+        metrics = r["metrics"] or {}
+        shown = ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, int | float) else f"{k} {v}"
+            for k, v in list(metrics.items())[:4]
         )
+        table.append([r["tag"], r["created"], shown or "(no metrics recorded)"])
+    click.echo("\n".join(views.columns(table)))
 
 
 def _model_store_exists() -> bool:
