@@ -155,7 +155,7 @@ def train(
     )
 
 
-def save(trained: Trained, *, name: str = "digits") -> str:
+def save(trained: Trained, *, name: str = "digits", version: str | None = None) -> str:
     """Store the weights (safetensors: loading them runs no code) with the metrics and the
     reference the model server's drift gauges compare live predictions against (held-out
     predictions; an image input gets no per-pixel reference); returns the tag."""
@@ -167,8 +167,9 @@ def save(trained: Trained, *, name: str = "digits") -> str:
         "reference": reference,
         "training": {"labels": trained.labels, "seed": trained.seed, "epochs": trained.epochs},
     }
+    tag = f"{name}:{version}" if version else name
     with bentoml.models.create(
-        name, labels={"framework": "torch", "task": "digits"}, metadata=metadata
+        tag, labels={"framework": "torch", "task": "digits"}, metadata=metadata
     ) as model:
         save_file(trained.net.state_dict(), model.path_of(WEIGHTS))
     return str(model.tag)
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--name", default="digits", help="model name in the store")
+    parser.add_argument("--version", help="version label, e.g. v2 (default: BentoML makes one)")
     bad = parser.add_mutually_exclusive_group()
     bad.add_argument("--shuffle-labels", action="store_true", help="train on shuffled labels")
     bad.add_argument("--confuse", type=classes, metavar="A,B", help="swap two digits' labels")
@@ -194,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed, epochs=args.epochs, shuffle_labels=args.shuffle_labels, confuse=args.confuse
     )
     print(", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items()))
-    print(save(trained, name=args.name))
+    print(save(trained, name=args.name, version=args.version))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`turnout demo`: scripted rollout stories against the real local platform.
 
-Nine stories run in order on the processes `turnout up` runs (Prometheus, the controller loop
-with its model servers, the router) under synthetic traffic, and each must end as it should:
+Thirteen stories run in order on the processes `turnout up` runs (Prometheus, the controller
+loop with its model servers, the router) under synthetic traffic, and each must end as it
+should. Nine roll out the built-in fraud model:
 
 1. a healthy candidate is canaried and promoted;
 2. a candidate failing half its requests, 3. one answering NaN scores and 4. one three times
@@ -12,6 +13,9 @@ with its model servers, the router) under synthetic traffic, and each must end a
 8. drifted data makes the retraining pipeline train a new version, its validation gate passes,
    and the candidate it proposes is canaried and promoted;
 9. a retrained model failing the gate is neither registered nor proposed.
+
+Four roll out a second model of another kind beside it, a user's digits classifier served
+through the serving SDK (turnout/cli/demo_digits.py says which).
 
 Every rollout goes through `turnout deploy`. The broken candidates are real: model versions
 (a NaN weight, an inverted output layer) or the model server's fault settings in the version's
@@ -44,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from turnout.cli import demo_digits as digits
+from turnout.cli.traffic import digits_samples
 from turnout.core.spec import Phase, seconds
 
 if TYPE_CHECKING:
@@ -158,6 +164,8 @@ class Story:
     expected: str
     play: Callable[[Demo], Verdict]
     deadline_s: float = STORY_DEADLINE_S
+    #: The ModelDeployment the story rolls out.
+    model: str = MODEL
 
 
 @dataclass(frozen=True)
@@ -182,25 +190,46 @@ class Demo:
         traffic: Traffic,
         interval: str,
         deadline_s: float,
+        model: str = MODEL,
+        healthy: tuple[str, str] = HEALTHY,
+        others: dict[str, Traffic] | None = None,
     ) -> None:
         self.store = store
         self.platform = platform
         self.traffic = traffic
         self.interval = interval
         self.deadline = time.monotonic() + deadline_s
+        self.model = model
+        self.healthy = healthy
+        #: Traffic for the other models behind the same router, by model.
+        self.others = others or {}
+
+    def of(self, model: str, healthy: tuple[str, str]) -> Demo:
+        """The same platform, playing a story of another model (with that model's traffic)."""
+        demo = Demo(
+            store=self.store,
+            platform=self.platform,
+            traffic=self.others[model],
+            interval=self.interval,
+            deadline_s=0,
+            model=model,
+            healthy=healthy,
+        )
+        demo.deadline = self.deadline
+        return demo
 
     def stable(self) -> str:
-        state = self.store.state(MODEL)
+        state = self.store.state(self.model)
         assert state.spec is not None
         return state.spec.stable.version
 
     def healthy_candidate(self) -> str:
-        return next(v for v in HEALTHY if v != self.stable())
+        return next(v for v in self.healthy if v != self.stable())
 
     def deploy(self, version: str, *options: str) -> datetime:
         """`turnout deploy VERSION`; returns when the rollout was asked for."""
         since = datetime.now(UTC)
-        run_turnout("deploy", MODEL, "--version", version, *options)
+        run_turnout("deploy", self.model, "--version", version, *options)
         return since
 
     def finish(self, version: str, since: datetime) -> State:
@@ -210,7 +239,7 @@ class Demo:
 
         start, seen = time.monotonic(), None
         while True:
-            state = self.store.state(MODEL)
+            state = self.store.state(self.model)
             st = state.status
             now = (st.phase.value, st.message)
             started = st.rollout_started_at
@@ -228,7 +257,7 @@ class Demo:
     def events(self, since: datetime) -> list[dict[str, str]]:
         return [
             e
-            for r in self.store.records(MODEL)
+            for r in self.store.records(self.model)
             if datetime.fromisoformat(r["at"]) >= since
             for e in r["events"]
         ]
@@ -295,7 +324,7 @@ def divergent_shadow(demo: Demo) -> Verdict:
     since = demo.deploy(INVERTED_VERSION, *options)
     st = demo.finish(INVERTED_VERSION, since).status
     blocked = [e for e in demo.events(since) if e["reason"] == "ShadowBlocked"]
-    agreement = next((c for c in st.checks if c.name == "shadowAgreement"), None)
+    agreement = next((c for c in st.checks if c.name.startswith("shadowAgreement")), None)
     served = demo.traffic.counts.served_by(INVERTED_VERSION)
     passed = (
         st.phase is Phase.ROLLED_BACK
@@ -482,6 +511,21 @@ STORIES = (
         gate_refuses,
         deadline_s=RETRAIN_DEADLINE_S,
     ),
+    Story("digits over v2", "answers JSON and binary", digits.served_on_v2, model=digits.DIGITS),
+    Story("digits canary", "Promoted", digits.canary, model=digits.DIGITS),
+    Story(
+        "digits confused",
+        "RolledBack, top class disagrees, never served",
+        digits.confused_shadow,
+        model=digits.DIGITS,
+    ),
+    Story(
+        "digits shuffled A/B",
+        "RolledBack (StableWon) on feedback",
+        digits.shuffled_ab,
+        model=digits.DIGITS,
+        deadline_s=AB_NO_LIFT_DEADLINE_S,
+    ),
 )
 
 
@@ -497,25 +541,33 @@ def play(*, home: Path, interval: str, rate: float) -> bool:
     begun = time.monotonic()
     click.echo(f"turnout demo: state in {home}\n")
     _ensure_models()
+    digits.ensure_models()
     store = DeploymentStore(home)
     if MODEL not in store.names():
         run_turnout("deploy", MODEL, "--version", HEALTHY[0], *POLICY)
+    if digits.DIGITS not in store.names():
+        run_turnout("deploy", digits.DIGITS, "--version", "v1", *digits.deploy_args(), *POLICY)
     platform = LocalPlatform(home, port=free_port())
-    traffic = None
+    traffic = digit_traffic = None
     results: list[Result] = []
     try:
         click.echo("starting Prometheus, the controller (it starts the model servers), the router")
         platform.start()
         click.echo(f"the stable endpoint is {platform.url}; {rate:g} requests/s from now on\n")
         traffic = Traffic(platform.url, MODEL, rate=rate).start()
+        digit_traffic = Traffic(
+            platform.url, digits.DIGITS, rate=rate / 2, samples=digits_samples(), seed=1
+        ).start()
+        others = {digits.DIGITS: digit_traffic}
         for number, story in enumerate(STORIES, 1):
-            results.append(_tell(number, story, store, platform, traffic, interval))
+            results.append(_tell(number, story, store, platform, traffic, interval, others))
     finally:
         # Stopping takes seconds: a second Ctrl-C must not leave processes behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if traffic is not None:
-            traffic.stop()
+        for running in (traffic, digit_traffic):
+            if running is not None:
+                running.stop()
         click.echo("stopping the platform...")
         platform.stop()
     _summary(results, time.monotonic() - begun)
@@ -530,6 +582,7 @@ def _tell(
     platform: LocalPlatform,
     traffic: Traffic,
     interval: str,
+    others: dict[str, Traffic],
 ) -> Result:
     click.echo(f"== {number}. {story.title}: expect {story.expected}")
     start = time.monotonic()
@@ -539,46 +592,49 @@ def _tell(
         traffic=traffic,
         interval=interval,
         deadline_s=story.deadline_s,
+        others=others,
     )
     try:
         verdict = story.play(demo)
     except Exception as exc:  # a story that broke is a failed story; the others still run
         verdict = Verdict(False, f"{type(exc).__name__}: {exc}")
     took = time.monotonic() - start
-    run_turnout("status", MODEL, quiet=True)
+    run_turnout("status", story.model, quiet=True)
     word = "PASS" if verdict.passed else "FAIL"
     click.echo(f"{word} {number}. {story.title}: {verdict.outcome} ({took:.0f}s)\n")
     if not verdict.passed:
         _log_tail(platform.home / "logs" / "controller.log")
-        _clear(store)
+        _clear(store, story.model)
     return Result(story, verdict, took)
 
 
-def _clear(store: DeploymentStore) -> None:
+def _clear(store: DeploymentStore, model: str) -> None:
     """After a failed story: remove any candidate left, so the next story starts clean."""
     from turnout.core.rollout import SETTLED
 
-    state = store.state(MODEL)
+    state = store.state(model)
     if state.spec is not None and state.spec.candidate is not None:
-        run_turnout("rollback", MODEL)
+        run_turnout("rollback", model)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        state = store.state(MODEL)
+        state = store.state(model)
         if state.status.phase in SETTLED and state.spec and state.spec.candidate is None:
             return
         time.sleep(0.25)
 
 
 def _summary(results: list[Result], total_s: float) -> None:
-    click.echo(f"\n{'STORY':<21}{'EXPECTED':<42}{'RESULT':<7}{'SECONDS':>7}  OUTCOME")
+    from turnout.cli.views import columns
+
+    rows = [["STORY", "EXPECTED", "RESULT", "SECONDS", "OUTCOME"]]
     for i, r in enumerate(results, 1):
         word = "PASS" if r.verdict.passed else "FAIL"
-        click.echo(
-            f"{i}. {r.story.title:<18}{r.story.expected:<42}{word:<7}{r.seconds:>7.0f}  "
-            f"{r.verdict.outcome}"
+        rows.append(
+            [f"{i}. {r.story.title}", r.story.expected, word, f"{r.seconds:.0f}", r.verdict.outcome]
         )
     for i, story in enumerate(STORIES[len(results) :], len(results) + 1):
-        click.echo(f"{i}. {story.title:<18}{story.expected:<42}{'SKIP':<7}")
+        rows.append([f"{i}. {story.title}", story.expected, "SKIP", "", ""])
+    click.echo("\n" + "\n".join(columns(rows, right=(3,))))
     passed = sum(r.verdict.passed for r in results)
     click.echo(f"\n{passed} of {len(STORIES)} stories behaved; the demo took {total_s:.0f}s")
 

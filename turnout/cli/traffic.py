@@ -12,14 +12,19 @@ import collections
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import orjson
 
 #: The business outcome of one served request: f(variant, version, rng) -> number.
 Outcome = Callable[[str, str, random.Random], float]
+#: One request body and what the caller knows about it (e.g. the true label), or None.
+Sample = tuple[bytes, Any]
+#: Feedback judged from the reply itself: f(reply body, what the caller knew) -> number.
+Judge = Callable[[bytes, Any], float]
 
 
 @dataclass
@@ -46,31 +51,17 @@ class Traffic:
         users: int = 100_000,
         outcome: Outcome | None = None,
         seed: int = 0,
+        samples: Sequence[Sample] | None = None,
     ) -> None:
-        from training.data import FRAUD_SCHEMA, generate
-
-        rows = generate(2000, seed=seed)[FRAUD_SCHEMA.names].to_numpy(dtype="float32")
-        self._bodies = [
-            orjson.dumps(
-                {
-                    "inputs": [
-                        {
-                            "name": "features",
-                            "shape": [1, len(r)],
-                            "datatype": "FP32",
-                            "data": [float(v) for v in r],
-                        }
-                    ]
-                }
-            )
-            for r in rows
-        ]
+        """``samples``: the requests to send (default: synthetic fraud transactions)."""
+        self._samples = list(samples) if samples is not None else fraud_samples(seed)
         self.url = f"{base_url}/v2/models/{model}/infer"
         self.feedback_url = f"{base_url}/v2/models/{model}/feedback"
         self.rate = rate
         self.threads = threads
         self.users = users
         self.outcome = outcome
+        self.judge: Judge | None = None
         self.seed = seed
         self.counts = Counts()
         self._lock = threading.Lock()
@@ -79,6 +70,10 @@ class Traffic:
 
     def set_outcome(self, outcome: Outcome | None) -> None:
         self.outcome = outcome
+
+    def set_judge(self, judge: Judge | None) -> None:
+        """Send feedback judged from each reply (e.g. 1 when the predicted class was right)."""
+        self.judge = judge
 
     def start(self) -> Traffic:
         for i in range(self.threads):
@@ -108,7 +103,7 @@ class Traffic:
 
     def _one(self, client: httpx.Client, rng: random.Random) -> None:
         user = f"user-{rng.randrange(self.users)}"
-        body = self._bodies[rng.randrange(len(self._bodies))]
+        body, known = self._samples[rng.randrange(len(self._samples))]
         headers = {"content-type": "application/json", "x-user-id": user}
         try:
             resp = client.post(self.url, content=body, headers=headers)
@@ -120,10 +115,15 @@ class Traffic:
         version = resp.headers.get("x-turnout-model-version", "")
         with self._lock:
             self.counts.replies[(variant, version, resp.status_code)] += 1
-        outcome = self.outcome
-        if outcome is None or resp.status_code != 200:
+        outcome, judge = self.outcome, self.judge
+        if resp.status_code != 200:
             return
-        value = outcome(variant, version, rng)
+        if judge is not None:
+            value = judge(resp.content, known)
+        elif outcome is not None:
+            value = outcome(variant, version, rng)
+        else:
+            return
         try:
             client.post(self.feedback_url, json={"key": user, "outcome": value})
         except httpx.HTTPError:
@@ -139,3 +139,33 @@ def conversion(rates: dict[str, float], default: float) -> Outcome:
         return 1.0 if rng.random() < rates.get(version, default) else 0.0
 
     return outcome
+
+
+def fraud_samples(seed: int = 0, n: int = 2000) -> list[Sample]:
+    """One-row v2 requests of synthetic card transactions."""
+    from training.data import FRAUD_SCHEMA, generate
+
+    rows = generate(n, seed=seed)[FRAUD_SCHEMA.names].to_numpy(dtype="float32")
+    return [(_v2("features", [1, len(r)], [float(v) for v in r]), None) for r in rows]
+
+
+def digits_samples() -> list[Sample]:
+    """One-image v2 requests from scikit-learn's bundled digits, each with its true class."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return [
+        (_v2("image", [1, 1, 8, 8], [float(v) for v in image.ravel()]), int(label))
+        for image, label in zip(data.images, data.target, strict=True)
+    ]
+
+
+def top_class_right(reply: bytes, label: Any) -> float:
+    """1 when the reply's most probable class is the true one, else 0."""
+    scores = orjson.loads(reply)["outputs"][0]["data"]
+    return 1.0 if max(range(len(scores)), key=scores.__getitem__) == label else 0.0
+
+
+def _v2(name: str, shape: list[int], data: list[float]) -> bytes:
+    tensor = {"name": name, "shape": shape, "datatype": "FP32", "data": data}
+    return orjson.dumps({"inputs": [tensor]})
