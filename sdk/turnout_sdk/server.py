@@ -177,6 +177,14 @@ class Runtime:
             raise
         except BadInput as exc:
             raise oip.ProtocolError(400, exc.message) from None
+        except Exception as exc:
+            # The user's predict raised: still a JSON 500 with the version header, counted,
+            # not Starlette's bare "Internal Server Error".
+            log.error("predict failed on %s:%s", self.name, self.version, exc_info=exc)
+            raise InferenceFailed(
+                f"model {self.name}:{self.version} failed: {type(exc).__name__}: {exc}",
+                "model_error",
+            ) from exc
         outputs = {t.name: a for t, a in zip(self.outputs, arrays, strict=True)}
         for name, a in outputs.items():
             if a.dtype.kind == "f":
