@@ -13,12 +13,18 @@ Contenders (all on this machine, 1 worker process each, 1 torch thread, same wei
                      per-request logging off; see that file for every default changed)
   bentoml_batchable  bench/support/bentoml_batchable.py: @bentoml.api(batchable=True) on a
                      sync predict
+  digits_sdk         the digits example (examples/digits, a torch CNN written as a user of
+                     turnout's SDK): `bentoml serve service:Digits`, defaults
+  digits_kserve      KServe's ModelServer serving the same digits weights through kserve.Model,
+                     bench/support/kserve_digits.py (same defaults changed as kserve)
 
 Sections:
   v2         single-row POST /v2/models/fraud/infer at 1 and 16 connections: ours, kserve,
              ours_inline0
   predict64  single-row POST /predict at 64 connections: ours (batched), ours_unbatched,
              ours_inline0, bentoml_batchable; mean batch size from each server's histogram
+  digits     single-image POST /v2/models/digits/infer at 16 connections: digits_sdk,
+             digits_kserve (target: SDK throughput >= 1.5x KServe's with p99 <= 0.7x)
 
 Clients: wrk (-t1, Lua POST body) gives throughput; bench/support/aioclient.py (raw asyncio
 protocol on uvloop, keep-alive, perf_counter_ns per request) gives latency percentiles; both are
@@ -29,8 +35,7 @@ its p99 at one connection; the lean client's percentiles are the raw per-request
 Contenders run interleaved, the order reversed every round, so machine noise hits all of them.
 
 Every server gets its own BENTOML_HOME whose `models` is a symlink to the one store trained
-here: `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir at start-up, so servers
-sharing a BENTOML_HOME would erase (and then mix) each other's /metrics.
+here (harness.server_home says why).
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -56,6 +60,9 @@ from support.harness import (
     SUPPORT,
     Processes,
     Server,
+    digits_probabilities,
+    digits_sdk_cmd,
+    digits_v2_body,
     free_port,
     http,
     log,
@@ -64,8 +71,11 @@ from support.harness import (
     run_aio,
     run_in_tempdir,
     run_wrk,
+    server_home,
+    train_digits,
     tree_cpu_seconds,
     wait_ready,
+    wrk_missing,
 )
 
 MODEL_TAG = "fraud:v1"
@@ -218,15 +228,7 @@ def base_env(tmp: Path, home: Path) -> dict[str, str]:
     return env
 
 
-def server_home(tmp: Path, name: str) -> Path:
-    """A BENTOML_HOME of its own (own prometheus dir) sharing the one model store."""
-    home = tmp / "homes" / name
-    home.mkdir(parents=True)
-    (home / "models").symlink_to(tmp / "bentoml" / "models", target_is_directory=True)
-    return home
-
-
-def make_servers(tmp: Path) -> dict[str, Server]:
+def make_servers(tmp: Path, digits_tag: str) -> dict[str, Server]:
     servers: dict[str, Server] = {}
 
     def ours(name: str, **overrides: str) -> None:
@@ -272,14 +274,36 @@ def make_servers(tmp: Path) -> dict[str, Server]:
         "bentoml_batchable", cmd, env, port, "/readyz", tmp / "bentoml_batchable.log",
         "bentoml_service_adaptive_batch_size",
     )  # fmt: skip
+
+    env = base_env(tmp, server_home(tmp, "digits_sdk"))
+    env.update(TURNOUT_MODEL=digits_tag, TURNOUT_BATCHING="on")
+    port = free_port()
+    servers["digits_sdk"] = Server(
+        "digits_sdk", digits_sdk_cmd(port), env, port, "/readyz", tmp / "digits_sdk.log",
+        "turnout_model_batch_rows",
+        extra={k: v for k, v in env.items() if k.startswith("TURNOUT_") and k != "TURNOUT_HOME"},
+    )  # fmt: skip
+
+    env = base_env(tmp, server_home(tmp, "digits_kserve"))
+    port = free_port()
+    env.update(TURNOUT_MODEL=digits_tag, BENCH_HTTP_PORT=str(port))
+    servers["digits_kserve"] = Server(
+        "digits_kserve", [PY, str(SUPPORT / "kserve_digits.py")], env, port,
+        "/v2/models/digits/ready", tmp / "digits_kserve.log",
+    )  # fmt: skip
     return servers
 
 
+FRAUD_V2 = ("kserve", "ours", "ours_inline0", "ours_unbatched")
+FRAUD_PREDICT = ("ours", "ours_inline0", "ours_unbatched", "bentoml_batchable")
+DIGITS = ("digits_sdk", "digits_kserve")
+
+
 def check_outputs(servers: dict[str, Server], v2_body: bytes, predict_body: bytes) -> float:
-    """Every contender answers the benchmark payload with the same probability."""
+    """Every fraud contender answers the benchmark payload with the same probability."""
     got: dict[str, float] = {}
     for name, s in servers.items():
-        if name in ("kserve", "ours", "ours_inline0", "ours_unbatched"):
+        if name in FRAUD_V2:
             status, body = http("POST", s.base + "/v2/models/fraud/infer", v2_body)
             if status != 200:
                 raise RuntimeError(f"{name} v2 infer answered {status}: {body[:300]!r}")
@@ -287,7 +311,7 @@ def check_outputs(servers: dict[str, Server], v2_body: bytes, predict_body: byte
             if out["name"] != "probability" or out["shape"] != [1]:
                 raise RuntimeError(f"{name} v2 infer: unexpected output {out}")
             got[name + " v2"] = float(out["data"][0])
-        if name != "kserve":
+        if name in FRAUD_PREDICT:
             status, body = http("POST", s.base + "/predict", predict_body)
             if status != 200:
                 raise RuntimeError(f"{name} /predict answered {status}: {body[:300]!r}")
@@ -297,6 +321,20 @@ def check_outputs(servers: dict[str, Server], v2_body: bytes, predict_body: byte
     ref = next(iter(got.values()))
     if any(abs(v - ref) > 1e-6 for v in got.values()):
         raise RuntimeError(f"contenders disagree on the benchmark row: {got}")
+    return ref
+
+
+def check_digits(servers: dict[str, Server], body: bytes) -> list[float]:
+    """Both digits contenders answer the benchmark image with the same probabilities."""
+    got = {}
+    for name in DIGITS:
+        status, reply = http("POST", servers[name].base + "/v2/models/digits/infer", body)
+        if status != 200:
+            raise RuntimeError(f"{name} v2 infer answered {status}: {reply[:300]!r}")
+        got[name] = digits_probabilities(reply)
+    ref = got[DIGITS[0]]
+    if any(abs(a - b) > 1e-6 for p in got.values() for a, b in zip(p, ref, strict=True)):
+        raise RuntimeError(f"digits contenders disagree on the benchmark image: {got}")
     return ref
 
 
@@ -345,8 +383,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
-    if shutil.which("wrk") is None:
-        log("wrk is not installed: apt-get install -y wrk (the Makefile bench target does this)")
+    if wrk_missing():
         return 2
     return run_in_tempdir("turnout-bench-", args, run)
 
@@ -360,6 +397,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
         env=env, cwd=ROOT, check=True, stdout=sys.stderr, stderr=sys.stderr,
     )  # fmt: skip
     log(f"trained {MODEL_TAG} in {time.monotonic() - t:.1f}s")
+    digits_tag = train_digits(env)
 
     row = example_row()
     v2_body = json.dumps(
@@ -373,17 +411,22 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
     v2_file, predict_file = tmp / "v2.json", tmp / "predict.json"
     v2_file.write_bytes(v2_body)
     predict_file.write_bytes(predict_body)
+    digits_body = digits_v2_body()
+    digits_file = tmp / "digits.json"
+    digits_file.write_bytes(digits_body)
 
     log("client ceilings against a trivial server (no application work):")
     ceiling = ceilings(procs, tmp, v2_file, min(2.0, args.duration))
 
-    servers = make_servers(tmp)
+    servers = make_servers(tmp, digits_tag)
     for s in servers.values():
         s.proc = procs.start(s.name, s.cmd, s.env, s.log_path)
     wait_ready(list(servers.values()))
     procs.remember()
     probability = check_outputs(servers, v2_body, predict_body)
     log(f"all contenders answer p={probability:.6g} for the benchmark row")
+    digit = check_digits(servers, digits_body)
+    log(f"both digits contenders read the benchmark image as {digit.index(max(digit))}")
     time.sleep(1.0)
     idle: dict[str, float] = {}
     cpu0 = {n: tree_cpu_seconds(s.proc.pid) for n, s in servers.items() if s.proc}
@@ -398,6 +441,7 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
     p64_names = ["ours", "ours_unbatched", "ours_inline0", "bentoml_batchable"]
     v2_runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     p64_runs: dict[str, list[dict[str, Any]]] = {}
+    digits_runs: dict[str, list[dict[str, Any]]] = {}
     for rnd in range(args.rounds):
         order = v2_names if rnd % 2 == 0 else v2_names[::-1]
         for c in (1, 16):
@@ -411,9 +455,16 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
             p64_runs.setdefault(name, []).append(
                 bench.measure(servers[name], "/predict", predict_file, 64)
             )
+        order = list(DIGITS) if rnd % 2 == 0 else list(DIGITS)[::-1]
+        log(f"round {rnd + 1}/{args.rounds}: single-image digits v2 infer, 16 connections")
+        for name in order:
+            digits_runs.setdefault(name, []).append(
+                bench.measure(servers[name], "/v2/models/digits/infer", digits_file, 16)
+            )
 
     v2 = {f"{n}_c{c}": summarize(runs) for (n, c), runs in v2_runs.items()}
     p64 = {n: summarize(runs) for n, runs in p64_runs.items()}
+    dig = {f"{n.removeprefix('digits_')}_c16": summarize(runs) for n, runs in digits_runs.items()}
 
     inline = {}
     for label, a, b in (
@@ -447,6 +498,29 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
             )
         ],
     }
+    sdk, kserve = dig["sdk_c16"], dig["kserve_c16"]
+    digits_rps_ratio = ratio(sdk["rps"], kserve["rps"])
+    digits_p99_ratio = ratio(sdk["p99_ms"], kserve["p99_ms"])
+    result.update(
+        digits_throughput_ratio_vs_kserve=digits_rps_ratio,
+        digits_p99_ratio_vs_kserve=digits_p99_ratio,
+        digits_targets_met=bool(
+            digits_rps_ratio
+            and digits_p99_ratio
+            and digits_rps_ratio >= 1.5
+            and digits_p99_ratio <= 0.7
+        ),
+        digits_throughput_ratio_vs_kserve_rounds=[
+            ratio(a, b) for a, b in zip(sdk["rps_rounds"], kserve["rps_rounds"], strict=True)
+        ],
+        digits_sdk_c16_rps=sdk["rps"],
+        digits_sdk_c16_p50_ms=sdk["p50_ms"],
+        digits_sdk_c16_p99_ms=sdk["p99_ms"],
+        digits_sdk_c16_mean_batch_rows=sdk["mean_batch_rows"],
+        digits_kserve_c16_rps=kserve["rps"],
+        digits_kserve_c16_p50_ms=kserve["p50_ms"],
+        digits_kserve_c16_p99_ms=kserve["p99_ms"],
+    )
     for name in ("ours", "kserve"):
         for c in (1, 16):
             s = v2[f"{name}_c{c}"]
@@ -494,11 +568,14 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
             ],
             "bentoml_batchable": {"max_batch_size": 256, "max_latency_ms": 1000},
             "ours_env": servers["ours"].extra,
+            "digits_sdk_env": servers["digits_sdk"].extra,
+            "digits_model": digits_tag,
         },
         idle_server_cpu=idle,
         startup_s={n: s.ready_s for n, s in servers.items()},
         v2=v2,
         predict_c64=p64,
+        digits=dig,
         elapsed_s=round(time.monotonic() - started, 1),
     )
     print_summary(result)
@@ -524,6 +601,9 @@ def print_summary(r: dict[str, Any]) -> None:
     lines.append(f"single-row /predict, c=64  {head}")
     for key, s in r["predict_c64"].items():
         lines.append(row(key, s))
+    lines.append(f"single-image digits v2     {head}")
+    for key, s in r["digits"].items():
+        lines.append(row(key, s))
     lines.append(
         "  (latency: bench/support/aioclient.py; stalls: runs' distinct pauses > 100 ms; "
         "cpu: server process tree)"
@@ -532,6 +612,11 @@ def print_summary(r: dict[str, Any]) -> None:
         f"ours/kserve at c=16: throughput x{r['throughput_ratio_vs_kserve']}, "
         f"p99 x{r['p99_ratio_vs_kserve']}; at c=1: throughput x{r['throughput_ratio_vs_kserve_c1']}"
         f", p99 x{r['p99_ratio_vs_kserve_c1']}"
+    )
+    lines.append(
+        f"digits sdk/kserve at c=16: throughput x{r['digits_throughput_ratio_vs_kserve']}, "
+        f"p99 x{r['digits_p99_ratio_vs_kserve']} (target >= 1.5, <= 0.7: "
+        f"{'met' if r['digits_targets_met'] else 'not met'})"
     )
     lines.append(
         f"batched vs unbatched x{r['batched_vs_unbatched']}, vs bentoml batchable "

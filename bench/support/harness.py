@@ -201,6 +201,16 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def wrk_missing() -> bool:
+    """True, after saying how to install it, when wrk is not on PATH."""
+    import shutil
+
+    if shutil.which("wrk") is not None:
+        return False
+    log("wrk is not installed: apt-get install -y wrk (the Makefile bench target does this)")
+    return True
+
+
 def run_wrk(url: str, body_file: Path, connections: int, duration: float) -> dict[str, Any]:
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
     cmd = [
@@ -456,6 +466,63 @@ class Meter:
             "machine_cpu_util": round(machine, 3),
             "other_cpu_util": round(max(0.0, machine - client - sum(util.values())), 3),
         }
+
+
+# --- the digits example (examples/digits) ----------------------------------------------------
+
+DIGITS = ROOT / "examples" / "digits"
+
+
+def server_home(tmp: Path, name: str) -> Path:
+    """A BENTOML_HOME of its own (own prometheus dir) sharing the one model store in
+    ``tmp/bentoml``: `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir at start-up,
+    so servers sharing a BENTOML_HOME would erase (and then mix) each other's /metrics."""
+    home = tmp / "homes" / name
+    home.mkdir(parents=True)
+    (home / "models").symlink_to(tmp / "bentoml" / "models", target_is_directory=True)
+    return home
+
+
+def train_digits(env: dict[str, str]) -> str:
+    """examples/digits/train.py into env's BENTOML_HOME; returns the new version's tag."""
+    t = time.monotonic()
+    out = subprocess.run(
+        [PY, "train.py"], cwd=DIGITS, env=env, capture_output=True, text=True, check=True
+    )
+    metrics, tag = out.stdout.strip().splitlines()[-2:]
+    log(f"trained {tag} ({metrics}) in {time.monotonic() - t:.1f}s")
+    return tag
+
+
+def digits_image(index: int = 0) -> list[list[list[float]]]:
+    """One of scikit-learn's 8x8 digits as the model reads it: [1, 8, 8] raw pixels 0..16."""
+    from sklearn.datasets import load_digits
+
+    image: list[list[float]] = load_digits().images[index].tolist()
+    return [image]
+
+
+def digits_v2_body(index: int = 0) -> bytes:
+    """A single-image Open Inference Protocol (v2) request for the digits model."""
+    data = [v for row in digits_image(index)[0] for v in row]
+    tensor = {"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": data}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def digits_probabilities(body: bytes) -> list[float]:
+    """The one row of class probabilities in a digits v2 reply."""
+    out = json.loads(body)["outputs"][0]
+    if out["name"] != "probabilities" or out["shape"] != [1, 10]:
+        raise RuntimeError(f"unexpected digits output {out}")
+    return [float(v) for v in out["data"]]
+
+
+def digits_sdk_cmd(port: int) -> list[str]:
+    """The digits example's SDK server (`bentoml serve service:Digits`) on ``port``."""
+    return [
+        PY, "-m", "bentoml", "serve", "service:Digits", "--working-dir", str(DIGITS),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
 
 
 # --- profiling --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ class Digits:
         # safetensors holds tensors only, so loading the weights cannot run code.
         self.net.load_state_dict(load_file(self.model.path_of("weights.safetensors")))
         self.net.eval()
+        self.predict(np.zeros((1, 1, 8, 8), dtype=np.float32))  # the first pass is the slow one
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Raw pixels 0..16 [N, 1, 8, 8] -> class probabilities [N, 10]."""
