@@ -2,31 +2,39 @@
 
 A retrained model is only worth rolling out if it is at least as good as what serves now and
 cannot hurt anyone in ways an average hides. Each check reports its number, its threshold and
-one line a human reads, so a blocked retrain says exactly why:
+one line a human reads, so a blocked retrain says exactly why.
 
-- numerical stability: finite weights; outputs on the newest window finite, in [0, 1] and
-  not constant;
-- metric floors: ROC-AUC and PR-AUC on the newest window;
-- no regression against the stable model, both scored on the same newest window;
-- beats the logistic-regression baseline (trained on the same split as the model);
-- per-slice ROC-AUC (by merchant category); slices too small or with one class are skipped;
+Every model's gate (:func:`judge`) runs the same checks, set per model by a
+:class:`GateConfig`:
+
+- finite outputs on the newest data;
+- metric floors: each named metric on the newest data at least its minimum;
+- no regression: one metric of the candidate at most ``max_drop`` below the stable model's,
+  both scored on the same newest data;
+- the model's own checks, if it has any (below);
 - single-row latency p99, measured in-process;
 - a serving smoke test over the v2 protocol, and reproducibility (retraining with the same seed
   gives the same weights hash).
 
-The last two need processes and minutes, so they are passed in as callables (see
-``workflows/smoke.py`` for the real smoke test); everything else is computed here from the
-model and the data. Only the latency check reads a clock. A check that cannot even run (NaN
-weights make metrics meaningless, a callable raises) fails with a detail saying so; the gate
-itself never raises on a bad model.
+The fraud model's gate (:func:`run_gate`) is one configuration of it (:class:`GateThresholds`:
+floors on ROC-AUC and PR-AUC, no regression in ROC-AUC) plus checks of its own: finite
+weights, scores in [0, 1] and not constant, beating a logistic-regression baseline trained on
+the same split, and ROC-AUC per merchant category (slices too small or with one class are
+skipped).
+
+The smoke test and the reproduction need processes and minutes, so they are passed in as
+callables (workflows/smoke.py is the real smoke test); everything else is computed from
+numbers the caller hands over. Only the latency check reads a clock. A check that cannot even
+run (NaN weights make metrics meaningless, a callable raises) fails with a detail saying so;
+the gate itself never raises on a bad model.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -44,10 +52,121 @@ _LATENCY_WARMUP = 10
 #: Slack in metric comparisons so a difference landing on its tolerance (0.95 - 0.96 is
 #: -0.01000000000000001 in floating point) counts as on it, as the report shows it.
 _EPS = 1e-12
+#: What the serving smoke test checks, as the report's threshold column says it.
+SMOKE_WHAT = "v2 infer answers 200 with every declared output, equal to in-process"
+_FRAUD_SMOKE_WHAT = "v2 infer answers 200 with [N] probabilities in [0, 1]"
+
+Setting = float | int | bool
+
+
+# --- what a model's gate asks ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regression:
+    """The candidate's ``metric`` on the newest data may be at most ``max_drop`` below the
+    stable model's on the same rows (higher is better)."""
+
+    metric: str
+    max_drop: float = 0.01
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """One model's gate. ``floors``: metric name -> minimum on the newest data (higher is
+    better; the names are those the model's evaluate returns). ``extra``: thresholds of the
+    model's own checks, changeable like the others.
+
+    :meth:`settings` spells it flat, as ``-p gate=min_accuracy=0.95,max_latency_ms=50``
+    changes it: ``min_<metric>`` per floor, ``max_regression``, the fields below, the extras.
+    """
+
+    floors: Mapping[str, float] = field(default_factory=dict)
+    regression: Regression | None = None
+    #: Single-row predict p99 over ``latency_rows`` in-process calls, in milliseconds.
+    max_latency_ms: float = 20.0
+    latency_rows: int = 200
+    #: A check whose callable was not given fails (True) or is reported as skipped (False).
+    require_serving_smoke: bool = True
+    require_reproducible: bool = True
+    extra: Mapping[str, Setting] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "floors", {k: float(v) for k, v in self.floors.items()})
+        object.__setattr__(self, "extra", dict(self.extra))
+        clash = {f"min_{m}" for m in self.floors} & set(self.extra)
+        if clash:
+            raise ValueError(f"gate extra thresholds {sorted(clash)} clash with metric floors")
+
+    def settings(self) -> dict[str, Setting]:
+        """Every threshold by its flat name (see the class docstring)."""
+        out: dict[str, Setting] = {f"min_{m}": v for m, v in self.floors.items()}
+        if self.regression is not None:
+            out["max_regression"] = self.regression.max_drop
+        out |= {
+            "max_latency_ms": self.max_latency_ms,
+            "latency_rows": self.latency_rows,
+            "require_serving_smoke": self.require_serving_smoke,
+            "require_reproducible": self.require_reproducible,
+        }
+        return out | dict(self.extra)
+
+    def with_settings(self, changes: Mapping[str, Setting]) -> GateConfig:
+        """This gate with some thresholds changed, by their flat names."""
+        unknown = set(changes) - set(self.settings())
+        if unknown:
+            raise ValueError(f"unknown gate threshold(s): {', '.join(sorted(unknown))}")
+        floors, extra = dict(self.floors), dict(self.extra)
+        direct: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key in extra:
+                extra[key] = value
+            elif key == "max_regression" and self.regression is not None:
+                direct["regression"] = replace(self.regression, max_drop=float(value))
+            elif key.startswith("min_") and key[4:] in floors:
+                floors[key[4:]] = float(value)
+            else:
+                direct[key] = value
+        return replace(self, floors=floors, extra=extra, **direct)
+
+    def to_dict(self) -> dict[str, Any]:
+        regression = self.regression
+        return {
+            "floors": dict(self.floors),
+            "regression": None
+            if regression is None
+            else {"metric": regression.metric, "max_drop": regression.max_drop},
+            "max_latency_ms": self.max_latency_ms,
+            "latency_rows": self.latency_rows,
+            "require_serving_smoke": self.require_serving_smoke,
+            "require_reproducible": self.require_reproducible,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateConfig:
+        """From :meth:`to_dict`; a report written before gates were per model holds the
+        fraud gate's flat thresholds instead."""
+        if "floors" not in data:
+            return GateThresholds.from_dict(data).config()
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown gate setting(s): {', '.join(sorted(unknown))}")
+        raw = data.get("regression")
+        regression = None if raw is None else Regression(str(raw["metric"]), raw["max_drop"])
+        return cls(**{**data, "regression": regression})
+
+
+def check_name(metric: str) -> str:
+    """A metric's check in the report, in the report's camelCase: roc_auc -> rocAuc."""
+    head, *rest = metric.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
 @dataclass(frozen=True)
 class GateThresholds:
+    """The fraud model's gate, flat: its :class:`GateConfig` is :meth:`config`."""
+
     min_roc_auc: float = 0.80
     min_pr_auc: float = 0.30
     #: Candidate ROC-AUC may be at most this below the stable model's, on the newest window.
@@ -66,6 +185,26 @@ class GateThresholds:
     require_serving_smoke: bool = True
     require_reproducible: bool = True
 
+    def config(self) -> GateConfig:
+        return GateConfig(
+            floors={"roc_auc": self.min_roc_auc, "pr_auc": self.min_pr_auc},
+            regression=Regression("roc_auc", self.max_regression),
+            max_latency_ms=self.max_latency_ms,
+            latency_rows=self.latency_rows,
+            require_serving_smoke=self.require_serving_smoke,
+            require_reproducible=self.require_reproducible,
+            extra={
+                "min_baseline_margin": self.min_baseline_margin,
+                "min_slice_roc_auc": self.min_slice_roc_auc,
+                "min_slice_rows": self.min_slice_rows,
+                "min_output_std": self.min_output_std,
+            },
+        )
+
+    @classmethod
+    def from_config(cls, config: GateConfig) -> GateThresholds:
+        return cls.from_dict(config.settings())
+
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
@@ -75,6 +214,9 @@ class GateThresholds:
         if unknown:
             raise ValueError(f"unknown gate threshold(s): {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+# --- what it says -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -126,7 +268,7 @@ class GateReport:
     #: Tag or staging name of the candidate.
     model: str
     checks: tuple[GateCheck, ...]
-    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    thresholds: GateConfig = field(default_factory=GateConfig)
 
     @property
     def passed(self) -> bool:
@@ -164,7 +306,7 @@ class GateReport:
         return cls(
             model=str(data["model"]),
             checks=tuple(GateCheck.from_dict(c) for c in data["checks"]),
-            thresholds=GateThresholds.from_dict(data.get("thresholds", {})),
+            thresholds=GateConfig.from_dict(data.get("thresholds") or {"floors": {}}),
         )
 
     def to_markdown(self) -> str:
@@ -184,6 +326,95 @@ class GateReport:
         return "\n".join(lines) + "\n"
 
 
+# --- any model's gate -------------------------------------------------------------------------
+
+#: A model's metrics (name -> value), or one line saying why there are none.
+Metrics = Mapping[str, float] | str
+
+
+def judge(
+    *,
+    model: str,
+    config: GateConfig,
+    outputs: Mapping[str, np.ndarray] | str,
+    metrics: Metrics,
+    stable_metrics: Callable[[], Metrics | None],
+    latency_ms: Callable[[int], np.ndarray],
+    serve_smoke: Callable[[], tuple[bool, str]] | None,
+    reproduce: Callable[[], str] | None,
+    weights_sha256: str | None,
+    first: Sequence[GateCheck] = (),
+    then: Callable[[], Sequence[GateCheck]] | None = None,
+    smoke_what: str = SMOKE_WHAT,
+) -> GateReport:
+    """Every check of ``config`` for the candidate ``model``; never raises for a bad model.
+
+    ``outputs`` and ``metrics``: the candidate's on the newest data (or why there are none).
+    ``stable_metrics``: the stable model's on the same rows (None: no stable model).
+    ``latency_ms(n)``: the times of n single-row predictions. ``reproduce`` retrains with the
+    same seed and returns the weights' sha256, compared with ``weights_sha256``. The model's
+    own checks go right after finiteOutputs (``first``) and after noRegression (``then``).
+    """
+    checks = [finite_outputs_check(outputs), *first]
+    checks += metric_floors(metrics, config.floors)
+    rule = config.regression
+    if rule is not None:
+        checks.append(
+            _guarded(
+                "noRegression",
+                lambda: _regression(metrics, stable_metrics, rule),
+                threshold=-rule.max_drop,
+                op=AT_LEAST,
+            )
+        )
+    if then is not None:
+        try:
+            checks += then()
+        except Exception as exc:
+            why = f"the model's own checks raised {type(exc).__name__}: {exc}"
+            checks.append(_cannot("modelChecks", why, threshold=None))
+    checks.append(
+        _guarded(
+            "latencyP99Ms",
+            lambda: latency_check(latency_ms(config.latency_rows), max_ms=config.max_latency_ms),
+            threshold=config.max_latency_ms,
+            op=AT_MOST,
+        )
+    )
+    checks.append(smoke_check(serve_smoke, required=config.require_serving_smoke, what=smoke_what))
+    checks.append(
+        reproducibility_check(
+            reproduce, expected=weights_sha256, required=config.require_reproducible
+        )
+    )
+    return GateReport(model=model, checks=tuple(checks), thresholds=config)
+
+
+def _regression(
+    metrics: Metrics, stable_metrics: Callable[[], Metrics | None], rule: Regression
+) -> GateCheck:
+    name, threshold = "noRegression", -rule.max_drop
+    if isinstance(metrics, str):
+        return _cannot(name, metrics, threshold=threshold, op=AT_LEAST)
+    if rule.metric not in metrics:
+        return _cannot(name, _missing(rule.metric, metrics), threshold=threshold, op=AT_LEAST)
+    stable = stable_metrics()
+    value: float | str | None = stable if stable is None or isinstance(stable, str) else None
+    if isinstance(stable, Mapping):
+        got = stable.get(rule.metric)
+        value = (
+            float(got)
+            if got is not None and math.isfinite(got)
+            else f"the stable model has no {rule.metric} on the window: nothing to compare with"
+        )
+    return regression_check(
+        float(metrics[rule.metric]), value, max_regression=rule.max_drop, metric=rule.metric
+    )
+
+
+# --- the fraud model's gate -----------------------------------------------------------------
+
+
 def run_gate(
     candidate: FraudNet,
     *,
@@ -199,7 +430,7 @@ def run_gate(
     seed: int = 0,
     schema: Schema = FRAUD_SCHEMA,
 ) -> GateReport:
-    """Run every check of the gate on ``candidate``; never raises for a bad model.
+    """Run every check of the fraud gate on ``candidate``; never raises for a bad model.
 
     ``data`` is the newest labelled window: candidate, stable model and baseline are all
     scored on it. The baseline is trained on ``train_data`` with the split and ``seed`` that
@@ -207,45 +438,100 @@ def run_gate(
     seed and returns the weights' sha256, compared with ``weights_sha256`` (default: the hash
     of ``candidate`` itself).
     """
-    t = thresholds
-    checks = [_guarded("finiteWeights", lambda: finite_weights(candidate), threshold=0, op=AT_MOST)]
+    fraud = _FraudScores.of(candidate, data, schema=schema)
+    return judge(
+        model=candidate_name,
+        config=thresholds.config(),
+        outputs=fraud.outputs(),
+        metrics=fraud.metrics(),
+        stable_metrics=lambda: _stable_metrics(stable, data=data, y=fraud.y, schema=schema),
+        latency_ms=lambda rows: single_row_latency_ms(candidate, data, rows=rows, schema=schema),
+        serve_smoke=serve_smoke,
+        reproduce=reproduce,
+        weights_sha256=weights_sha256 or _safe_hash(candidate),
+        first=fraud.model_checks(thresholds),
+        then=lambda: fraud.metric_checks(
+            thresholds,
+            train_data=train_data,
+            baseline_roc_auc=baseline_roc_auc,
+            seed=seed,
+        ),
+        smoke_what=_FRAUD_SMOKE_WHAT,
+    )
 
-    scored = _score(candidate, data, schema=schema)
-    p = None if isinstance(scored, str) else scored
-    if p is None:
-        why = str(scored)
-        checks += [
-            _cannot("finiteOutputs", why, threshold=0, op=AT_MOST),
-            _cannot("outputsInRange", why, threshold="[0, 1]"),
-            _cannot("notConstant", why, threshold=t.min_output_std, op=">"),
-        ]
-    else:
-        checks += output_checks(p, min_std=t.min_output_std)
 
-    y = data[schema.label].to_numpy() if schema.label in data.columns else None
-    m = _ranking(y, p)
-    if isinstance(m, str):
-        checks += [
-            _cannot("rocAuc", m, threshold=t.min_roc_auc, op=AT_LEAST),
-            _cannot("prAuc", m, threshold=t.min_pr_auc, op=AT_LEAST),
-            _cannot("noRegression", m, threshold=-t.max_regression, op=AT_LEAST),
-            _cannot("beatsBaseline", m, threshold=t.min_baseline_margin, op=AT_LEAST),
-        ]
-    else:
+def fraud_checks(
+    candidate: FraudNet,
+    *,
+    data: pd.DataFrame,
+    thresholds: GateThresholds,
+    train_data: pd.DataFrame | None,
+    seed: int,
+    schema: Schema = FRAUD_SCHEMA,
+) -> list[GateCheck]:
+    """The fraud model's own checks (finite weights, scores in [0, 1] and not constant, the
+    baseline, the slices) on the newest window ``data``, for the retrain pipeline's gate."""
+    fraud = _FraudScores.of(candidate, data, schema=schema)
+    return [
+        *fraud.model_checks(thresholds),
+        *fraud.metric_checks(thresholds, train_data=train_data, baseline_roc_auc=None, seed=seed),
+    ]
+
+
+@dataclass(frozen=True)
+class _FraudScores:
+    """A fraud model's scores on a window, its ranking metrics, and what follows from them."""
+
+    net: FraudNet
+    data: pd.DataFrame
+    schema: Schema
+    #: The scores, or why there are none.
+    scored: np.ndarray | str
+    y: np.ndarray | None
+    ranking: evaluate.Metrics | str
+
+    @classmethod
+    def of(cls, net: FraudNet, data: pd.DataFrame, *, schema: Schema) -> _FraudScores:
+        scored = _score(net, data, schema=schema)
+        y = data[schema.label].to_numpy() if schema.label in data.columns else None
+        ranking = _ranking(y, None if isinstance(scored, str) else scored)
+        return cls(net, data, schema, scored, y, ranking)
+
+    def outputs(self) -> dict[str, np.ndarray] | str:
+        return self.scored if isinstance(self.scored, str) else {"probability": self.scored}
+
+    def metrics(self) -> Metrics:
+        return self.ranking if isinstance(self.ranking, str) else self.ranking.to_dict()
+
+    def model_checks(self, t: GateThresholds) -> list[GateCheck]:
+        """finiteWeights, outputsInRange, notConstant."""
+        net = self.net
+        checks = [_guarded("finiteWeights", lambda: finite_weights(net), threshold=0, op=AT_MOST)]
+        if isinstance(self.scored, str):
+            return [
+                *checks,
+                _cannot("outputsInRange", self.scored, threshold="[0, 1]"),
+                _cannot("notConstant", self.scored, threshold=t.min_output_std, op=">"),
+            ]
+        return checks + output_checks(self.scored, min_std=t.min_output_std)[1:]
+
+    def metric_checks(
+        self,
+        t: GateThresholds,
+        *,
+        train_data: pd.DataFrame | None,
+        baseline_roc_auc: float | None,
+        seed: int,
+    ) -> list[GateCheck]:
+        """beatsBaseline and the slices."""
+        m, data, y, schema = self.ranking, self.data, self.y, self.schema
+        if isinstance(m, str):
+            return [
+                _cannot("beatsBaseline", m, threshold=t.min_baseline_margin, op=AT_LEAST),
+                _cannot("slices", f"slice metrics not computed: {m}", threshold=None),
+            ]
         roc = m.roc_auc
-        checks += [
-            floor_check("rocAuc", roc, floor=t.min_roc_auc, what="ROC-AUC on the newest window"),
-            floor_check("prAuc", m.pr_auc, floor=t.min_pr_auc, what="PR-AUC on the newest window"),
-            _guarded(
-                "noRegression",
-                lambda: regression_check(
-                    roc,
-                    _stable_roc_auc(stable, data=data, y=y, schema=schema),
-                    max_regression=t.max_regression,
-                ),
-                threshold=-t.max_regression,
-                op=AT_LEAST,
-            ),
+        checks = [
             _guarded(
                 "beatsBaseline",
                 lambda: baseline_check(
@@ -262,38 +548,14 @@ def run_gate(
                 ),
                 threshold=t.min_baseline_margin,
                 op=AT_LEAST,
-            ),
+            )
         ]
-
-    if p is not None and not isinstance(m, str):
+        assert not isinstance(self.scored, str)  # metrics exist only for scores
         try:
-            checks += slice_checks(data, p, thresholds=t, schema=schema)
+            checks += slice_checks(data, self.scored, thresholds=t, schema=schema)
         except Exception as exc:
             checks.append(_cannot("slices", f"cannot compute slice metrics: {exc}", threshold=None))
-    else:
-        why = m if isinstance(m, str) else "no scores"
-        checks.append(_cannot("slices", f"slice metrics not computed: {why}", threshold=None))
-
-    checks.append(
-        _guarded(
-            "latencyP99Ms",
-            lambda: latency_check(
-                single_row_latency_ms(candidate, data, rows=t.latency_rows, schema=schema),
-                max_ms=t.max_latency_ms,
-            ),
-            threshold=t.max_latency_ms,
-            op=AT_MOST,
-        )
-    )
-    checks.append(smoke_check(serve_smoke, required=t.require_serving_smoke))
-    checks.append(
-        reproducibility_check(
-            reproduce,
-            expected=weights_sha256 or _safe_hash(candidate),
-            required=t.require_reproducible,
-        )
-    )
-    return GateReport(model=candidate_name, checks=tuple(checks), thresholds=t)
+        return checks
 
 
 # --- the checks, each a function of numbers (or a callable) -------------------------------
@@ -318,24 +580,29 @@ def finite_weights(net: torch.nn.Module) -> GateCheck:
     )
 
 
+def finite_outputs_check(outputs: Mapping[str, np.ndarray] | str) -> GateCheck:
+    """finiteOutputs: every value of every output on the newest data is a number."""
+    if isinstance(outputs, str):
+        return _cannot("finiteOutputs", outputs, threshold=0, op=AT_MOST)
+    total = sum(int(np.size(v)) for v in outputs.values())
+    n_bad = sum(int((~np.isfinite(np.asarray(v, dtype=float))).sum()) for v in outputs.values())
+    return GateCheck(
+        name="finiteOutputs",
+        value=n_bad,
+        threshold=0,
+        op=AT_MOST,
+        passed=n_bad == 0,
+        detail=f"{n_bad} of {total} outputs are NaN or infinite"
+        if n_bad
+        else f"all {total} outputs finite",
+    )
+
+
 def output_checks(p: np.ndarray, *, min_std: float) -> list[GateCheck]:
     """finiteOutputs, outputsInRange, notConstant for the scores ``p`` of the newest window."""
     p = np.asarray(p, dtype=np.float64).ravel()
-    finite = np.isfinite(p)
-    n_bad = int((~finite).sum())
-    checks = [
-        GateCheck(
-            name="finiteOutputs",
-            value=n_bad,
-            threshold=0,
-            op=AT_MOST,
-            passed=n_bad == 0,
-            detail=f"{n_bad} of {len(p)} outputs are NaN or infinite"
-            if n_bad
-            else f"all {len(p)} outputs finite",
-        )
-    ]
-    ok = p[finite]
+    checks = [finite_outputs_check({"probability": p})]
+    ok = p[np.isfinite(p)]
     if not len(ok):
         checks += [
             _cannot("outputsInRange", "no finite outputs", threshold="[0, 1]"),
@@ -368,9 +635,24 @@ def output_checks(p: np.ndarray, *, min_std: float) -> list[GateCheck]:
     return checks
 
 
+def metric_floors(metrics: Metrics, floors: Mapping[str, float]) -> list[GateCheck]:
+    """One check per floor, named after its metric (roc_auc -> rocAuc)."""
+    checks = []
+    for metric, floor in floors.items():
+        name = check_name(metric)
+        if isinstance(metrics, str):
+            checks.append(_cannot(name, metrics, threshold=floor, op=AT_LEAST))
+        elif metric not in metrics:
+            checks.append(_cannot(name, _missing(metric, metrics), threshold=floor, op=AT_LEAST))
+        else:
+            what = f"{metric} on the newest data"
+            checks.append(floor_check(name, float(metrics[metric]), floor=floor, what=what))
+    return checks
+
+
 def floor_check(name: str, value: float, *, floor: float, what: str) -> GateCheck:
     if not math.isfinite(value):
-        why = f"{what} undefined (the window needs both classes)"
+        why = f"{what} is undefined ({value}): the rows do not allow it (one class only?)"
         return _cannot(name, why, threshold=floor, op=AT_LEAST)
     ok = value >= floor
     return GateCheck(
@@ -384,15 +666,19 @@ def floor_check(name: str, value: float, *, floor: float, what: str) -> GateChec
 
 
 def regression_check(
-    candidate_roc: float, stable_roc: float | str | None, *, max_regression: float
+    candidate: float,
+    stable: float | str | None,
+    *,
+    max_regression: float,
+    metric: str = "ROC-AUC",
 ) -> GateCheck:
-    """Pass when candidate ROC-AUC >= stable ROC-AUC - max_regression (same window).
+    """Pass when the candidate's ``metric`` >= the stable model's - max_regression (same rows).
 
-    ``stable_roc`` is None when there is no stable model yet, or a string saying why the
-    stable model could not be scored; neither blocks the candidate.
+    ``stable`` is None when there is no stable model yet, or a string saying why the stable
+    model could not be scored; neither blocks the candidate.
     """
-    if stable_roc is None or isinstance(stable_roc, str):
-        why = stable_roc or "no stable model: nothing to regress from"
+    if stable is None or isinstance(stable, str):
+        why = stable or "no stable model: nothing to regress from"
         return GateCheck(
             name="noRegression",
             value=None,
@@ -401,7 +687,7 @@ def regression_check(
             passed=True,
             detail=why,
         )
-    delta = candidate_roc - stable_roc
+    delta = candidate - stable
     ok = delta >= -max_regression - _EPS
     return GateCheck(
         name="noRegression",
@@ -409,7 +695,7 @@ def regression_check(
         threshold=-max_regression,
         op=AT_LEAST,
         passed=ok,
-        detail=f"ROC-AUC candidate {candidate_roc:.4f} vs stable {stable_roc:.4f} on the same "
+        detail=f"{metric} candidate {candidate:.4f} vs stable {stable:.4f} on the same "
         f"window: change {delta:+.4f}, tolerance {max_regression:.4f}",
     )
 
@@ -476,16 +762,22 @@ def single_row_latency_ms(
     net: FraudNet, data: pd.DataFrame, *, rows: int, schema: Schema = FRAUD_SCHEMA
 ) -> np.ndarray:
     """Wall time in ms of ``rows`` single-row ``predict_proba`` calls on rows of ``data``."""
-    if rows <= 0 or data.empty:
+    if data.empty:
         raise ValueError("latency needs at least one row and one call")
     x = features_matrix(data, schema)
+    return time_calls(lambda i: predict_proba(net, x[i % len(x) : i % len(x) + 1]), calls=rows)
+
+
+def time_calls(call: Callable[[int], object], *, calls: int) -> np.ndarray:
+    """Wall time in ms of ``call(0)``, ``call(1)``, ... ``calls`` times, after a warm-up."""
+    if calls <= 0:
+        raise ValueError("latency needs at least one row and one call")
     for i in range(_LATENCY_WARMUP):
-        predict_proba(net, x[i % len(x) : i % len(x) + 1])
-    times = np.empty(rows)
-    for i in range(rows):
-        row = x[i % len(x) : i % len(x) + 1]
+        call(i)
+    times = np.empty(calls)
+    for i in range(calls):
         start = time.perf_counter()
-        predict_proba(net, row)
+        call(i)
         times[i] = (time.perf_counter() - start) * 1000
     return times
 
@@ -504,9 +796,10 @@ def latency_check(times_ms: np.ndarray, *, max_ms: float) -> GateCheck:
     )
 
 
-def smoke_check(smoke: Callable[[], tuple[bool, str]] | None, *, required: bool) -> GateCheck:
+def smoke_check(
+    smoke: Callable[[], tuple[bool, str]] | None, *, required: bool, what: str = SMOKE_WHAT
+) -> GateCheck:
     """Run the serving smoke test (v2 infer against a real server) if one is given."""
-    what = "v2 infer answers 200 with [N] probabilities in [0, 1]"
     if smoke is None:
         return _not_run("servingSmoke", what, required=required, why="no smoke test given")
     try:
@@ -574,15 +867,20 @@ def _ranking(y: np.ndarray | None, p: np.ndarray | None) -> evaluate.Metrics | s
         return f"cannot compute metrics: {exc}"
 
 
-def _stable_roc_auc(
+def _stable_metrics(
     stable: FraudNet | None, *, data: pd.DataFrame, y: np.ndarray | None, schema: Schema
-) -> float | str | None:
+) -> Metrics | None:
     if stable is None:
         return None
     scored = _score(stable, data, schema=schema)
     if isinstance(scored, str) or not np.isfinite(scored).all() or y is None:
         return "the stable model cannot be scored on the window: nothing to compare with"
-    return evaluate.metrics(y, scored).roc_auc
+    return evaluate.metrics(y, scored).to_dict()
+
+
+def _missing(metric: str, metrics: Mapping[str, float]) -> str:
+    returned = ", ".join(metrics) or "nothing"
+    return f"evaluate returned no {metric!r} (it returned {returned})"
 
 
 def _baseline_roc_auc(

@@ -128,6 +128,8 @@ def step_command(name: str, run_dir: Path, pairs: tuple[str, ...], cluster: bool
 @pipeline.command("params")
 def params_command() -> None:
     """List the pipeline parameters with their defaults."""
-    for info in param_info():
-        default = info.default if info.default != "" else '""'
-        click.echo(f"  {info.name:<16} {info.type:<6} {default:<10} {info.help}")
+    infos = param_info()
+    defaults = [info.default if info.default != "" else '""' for info in infos]
+    width = max(len(d) for d in defaults)
+    for info, default in zip(infos, defaults, strict=True):
+        click.echo(f"  {info.name:<16} {info.type:<6} {default:<{width}} {info.help}")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from training.data import Drift
-from training.gate import GateThresholds
+from training.gate import GateConfig, Setting
+from workflows import plugins
 
 #: Fewest rows a snapshot may have: the newest window alone must hold a few hundred.
 MIN_ROWS = 1000
@@ -40,6 +41,9 @@ class RetrainParams:
 
     model: str = _param("fraud", "model name in the model store")
     deployment: str = _param("", "ModelDeployment to propose to (default: the model's name)")
+    plugin: str = _param(
+        "workflows.fraud:PIPELINE", "the model's retraining plugin, module:attribute (PLUGINS.md)"
+    )
     source: str = _param("synthetic", "'synthetic' or a .csv/.parquet file of labelled rows")
     rows: int = _param(60_000, "synthetic rows to generate; of a file, the newest rows kept")
     day: float = _param(0.0, "synthetic: the day the rows are drawn from")
@@ -49,7 +53,7 @@ class RetrainParams:
     psi_threshold: float = _param(0.25, "retrain when some feature's PSI reaches this")
     force: bool = _param(False, "retrain even without drift")
     version: str = _param("", "version of the new model (default: the next vN)")
-    gate: str = _param("", "gate thresholds, e.g. min_roc_auc=0.85,max_latency_ms=50")
+    gate: str = _param("", "changes to the plugin's gate, e.g. min_roc_auc=0.85,max_latency_ms=50")
     image_registry: str = _param("", "cluster: registry the candidate's image is pushed to")
     namespace: str = _param("", "cluster: namespace of the ModelDeployment (default: own)")
     webhook: str = _param("", "notify: URL to POST the run's summary to as JSON")
@@ -111,7 +115,7 @@ class RetrainParams:
             self.drift_spec()
         except ValueError as exc:
             raise ParamError(f"parameter 'drift': {exc}") from None
-        self.thresholds()
+        self.gate_config()
         if self.webhook and not self.webhook.startswith(("http://", "https://")):
             raise ParamError(f"parameter 'webhook' must be an http(s) URL, got {self.webhook!r}")
         if "://" in self.image_registry or self.image_registry.endswith("/"):
@@ -127,10 +131,18 @@ class RetrainParams:
     def drift_spec(self) -> Drift:
         return Drift.parse(self.drift)
 
-    def thresholds(self) -> GateThresholds:
-        """The gate's thresholds: the defaults with the ``gate`` parameter's changes."""
-        known = {f.name: str(f.type) for f in fields(GateThresholds)}
-        values: dict[str, Any] = {}
+    def load_plugin(self) -> plugins.Plugin:
+        """The plugin the ``plugin`` parameter names, loaded (once per process)."""
+        try:
+            return plugins.load(self.plugin)
+        except plugins.PluginError as exc:
+            raise ParamError(f"parameter 'plugin': {exc}") from None
+
+    def gate_config(self) -> GateConfig:
+        """The plugin's gate with the ``gate`` parameter's changes."""
+        base = self.load_plugin().gate
+        known = base.settings()
+        values: dict[str, Setting] = {}
         for part in filter(None, (p.strip() for p in self.gate.split(","))):
             key, sep, raw = part.partition("=")
             key = key.strip()
@@ -140,8 +152,8 @@ class RetrainParams:
                 raise ParamError(
                     f"parameter 'gate': unknown threshold {key!r} (known: {', '.join(known)})"
                 )
-            values[key] = _convert(f"gate.{key}", known[key], raw)
-        return GateThresholds(**values)
+            values[key] = _convert(f"gate.{key}", type(known[key]).__name__, raw)
+        return base.with_settings(values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

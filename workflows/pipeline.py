@@ -137,7 +137,7 @@ RETRAIN: tuple[StepSpec, ...] = (
         SNAPSHOT,
         (),
         _snapshot,
-        help="generate or read the data; write snapshot.parquet",
+        help="the plugin's data (train, newest, ...); write snapshot/",
     ),
     StepSpec(
         CHECK_DRIFT,

@@ -68,21 +68,24 @@ def _tuples(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Snapshot(Record):
-    #: The rows, a Parquet file in the run directory.
-    data: str
+    #: The directory of the data, in the run directory.
+    directory: str
+    #: Split name (train, validation, newest) -> its file in ``directory``.
+    files: dict[str, str]
+    #: Split name -> rows.
+    rows: dict[str, int]
     source: str
-    rows: int
-    fraud_rate: float
+    #: One line the plugin says about the data (e.g. "fraud 1.23%").
+    note: str
+    #: sha256 of the files: a later step, perhaps in another pod, checks it before it reads.
     fingerprint: str
-    #: Rows from this index on are the newest window: the gate judges on them, training
-    #: never sees them.
-    window_start: int
 
     def summary(self) -> str:
-        window = self.rows - self.window_start
+        note = f", {self.note}" if self.note else ""
+        total = sum(self.rows.values())
         return (
-            f"{self.rows} rows from {self.source}, fraud {self.fraud_rate:.2%}; "
-            f"newest {window} held out for the gate"
+            f"{total} rows from {self.source}{note}; "
+            f"newest {self.rows.get('newest', 0)} held out for the gate"
         )
 
 
@@ -133,24 +136,28 @@ class DriftCheck(Record):
 class Candidate(Record):
     #: The tag it will be registered under once it passes the gate.
     tag: str
-    #: The staged model (store.write_directory), relative to the run directory.
+    #: The plugin that trained it (module:attribute).
+    plugin: str
+    #: The staged model (the plugin's files and metadata.json), relative to the run directory.
     directory: str
+    #: sha256 of the staged files: what was judged is what gets registered.
+    digest: str
+    #: What the reproducibility check compares (the plugin's hash, else of its files).
     weights_sha256: str
     seed: int
     rows: int
-    epochs: int
     seconds: float
-    roc_auc: float
-    pr_auc: float
+    #: Training's held-out metrics, as the plugin returned them.
+    metrics: dict[str, float]
 
     @property
     def version(self) -> str:
         return self.tag.partition(":")[2]
 
     def summary(self) -> str:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in list(self.metrics.items())[:3])
         return (
-            f"{self.tag} on {self.rows} rows, {self.epochs} epochs, seed {self.seed}: "
-            f"test ROC-AUC {self.roc_auc:.4f}, PR-AUC {self.pr_auc:.4f} "
+            f"{self.tag} on {self.rows} rows, seed {self.seed}: held-out {shown} "
             f"(weights {self.weights_sha256[:12]})"
         )
 

@@ -4,13 +4,17 @@ The same functions run in-process under the local runner (``turnout pipeline run
 the tests, ``make up``) and one per container under Argo (``turnout pipeline step NAME``), so
 nothing here knows which. A step takes the run's parameters (workflows/params.py) and earlier
 steps' outputs and returns a record (workflows/records.py) that the runner writes to the run
-directory, where the next step, perhaps in another pod, reads it back.
+directory, where the next step, perhaps in another pod, reads it back. Everything particular
+to a model (its data, training, metrics, gate) comes from its plugin (workflows/plugins.py),
+named by the ``plugin`` parameter.
 
 Nothing leaves the run directory before the gate passes: ``train`` stages the candidate in
 ``candidate/`` without registering it, ``package`` registers it only after a passing
 ``validate`` (all or nothing), and ``propose`` hands it to the rollout controller only after
 ``package``. ``check_drift`` runs first so that a scheduled run in a stable world stops after
-reading the data; the drift measures themselves are turnout/core/drift.py's.
+reading the data; the drift measures themselves are turnout/core/drift.py's: PSI per feature
+when the plugin names features and the stable version's reference has them, else PSI of the
+stable version's predictions.
 """
 
 from __future__ import annotations
@@ -18,25 +22,23 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from training import store
-from training.data import LABEL, DataError, fingerprint, generate, load_table
-from training.gate import GateReport, run_gate
-from training.model import predict_proba, state_hash
-from training.train import train as fit
+from training.gate import GateReport, Metrics, judge, time_calls
 from turnout.core import drift
 from turnout.core.spec import ModelDeploymentSpec, VersionRef
 from turnout.io.settings import settings
-from workflows import bento
+from workflows import bento, plugins, staging
 from workflows.notify import Post, post_webhook
-from workflows.params import MIN_ROWS, ParamError, RetrainParams
+from workflows.params import ParamError, RetrainParams
+from workflows.plugins import METADATA, Dataset, Plugin, Split, Trained
 from workflows.records import (
     Candidate,
     DriftCheck,
@@ -67,67 +69,34 @@ ORDER = (SNAPSHOT, CHECK_DRIFT, TRAIN, VALIDATE, PACKAGE, PROPOSE)
 
 # --- snapshot -------------------------------------------------------------------------------
 
-SNAPSHOT_FILE = "snapshot.parquet"
+SNAPSHOT_DIR = "snapshot"
 
 
 def snapshot(params: RetrainParams, *, run_dir: Path) -> Snapshot:
-    """Fix the data the run works on: generated, or read and checked from the user's file."""
-    if params.source == "synthetic":
-        df = generate(params.rows, seed=params.seed, day=params.day, drift=params.drift_spec())
-        source = f"synthetic day {params.day:g}" + (
-            f" drift {params.drift}" if params.drift else ""
-        )
-    else:
-        path = Path(params.source)
-        df = load_table(path)
-        if LABEL not in df.columns:
-            raise DataError(f"{path}: no label column {LABEL!r}; retraining needs labelled rows")
-        if len(df) < MIN_ROWS:
-            raise DataError(f"{path}: {len(df)} rows; retraining needs at least {MIN_ROWS}")
-        if len(df) > params.rows:
-            df = df.iloc[-params.rows :].reset_index(drop=True)
-        source = str(path)
-    window_start = len(df) - max(1, round(len(df) * params.window))
-    for part, rows in (
-        ("training rows", df.iloc[:window_start]),
-        ("newest window", df.iloc[window_start:]),
-    ):
-        if rows[LABEL].nunique() < 2:
-            raise DataError(
-                f"{source}: the {part} hold only one class; need both fraud and non-fraud "
-                "(more rows or another window)"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(run_dir / SNAPSHOT_FILE, index=False)
+    """Fix the data the run works on: the plugin's ``data``, written to ``snapshot/``."""
+    dataset = params.load_plugin().data(params)
+    written = plugins.write_dataset(dataset, run_dir / SNAPSHOT_DIR)
     return Snapshot(
-        data=SNAPSHOT_FILE,
-        source=source,
-        rows=len(df),
-        fraud_rate=float(df[LABEL].mean()),
-        fingerprint=fingerprint(df),
-        window_start=window_start,
+        directory=SNAPSHOT_DIR,
+        files=written.files,
+        rows=written.rows,
+        source=dataset.source,
+        note=dataset.note,
+        fingerprint=written.fingerprint,
     )
 
 
-def _table(snap: Snapshot, run_dir: Path) -> pd.DataFrame:
-    """The snapshot's rows, checked to be the ones the snapshot step wrote."""
-    path = run_dir / snap.data
+def _dataset(snap: Snapshot, run_dir: Path) -> Dataset:
+    """The snapshot's data, checked to be what the snapshot step wrote."""
+    stored = plugins.Stored(files=snap.files, rows=snap.rows, fingerprint=snap.fingerprint)
     try:
-        df = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise StepError(f"{path} is missing: run step {SNAPSHOT!r} first") from None
-    if fingerprint(df) != snap.fingerprint:
-        raise StepError(f"{path} changed since the snapshot step wrote it")
-    return df
-
-
-def _rows(snap: Snapshot, run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, newest window) of the snapshot."""
-    df = _table(snap, run_dir)
-    return (
-        df.iloc[: snap.window_start].reset_index(drop=True),
-        df.iloc[snap.window_start :].reset_index(drop=True),
-    )
+        return plugins.read_dataset(
+            run_dir / snap.directory, stored, source=snap.source, note=snap.note
+        )
+    except FileNotFoundError as exc:
+        raise StepError(f"{exc.filename} is missing: run step {SNAPSHOT!r} first") from None
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
 
 
 # --- check drift ------------------------------------------------------------------------------
@@ -155,42 +124,67 @@ def stable_tag(params: RetrainParams, spec: ModelDeploymentSpec) -> str:
 def check_drift(
     params: RetrainParams, snap: Snapshot, *, run_dir: Path, target: DeploymentTarget
 ) -> DriftCheck:
-    """PSI (and KS or chi-square) of every feature of the snapshot against the stable
-    model's training reference; skip the rest of the run unless it drifted or ``force``."""
+    """PSI (and KS or chi-square) of the snapshot against the stable version's training
+    reference, per feature when there are features, else of its predictions; skip the rest
+    of the run unless it drifted or ``force``."""
     spec = target.spec(params.deployment_name)
     tag = stable_tag(params, spec)
-    stable = store.load(tag)
-    reference = stable.metadata.get("reference")
-    if not isinstance(reference, dict) or not isinstance(reference.get("features"), dict):
+    plugin = params.load_plugin()
+    path, metadata = staging.stored(tag)
+    reference = metadata.get("reference")
+    if not isinstance(reference, dict) or not (
+        reference.get("features") or reference.get("prediction")
+    ):
         raise StepError(f"model {tag} has no drift reference in its metadata; retrain it first")
-    df = _table(snap, run_dir)
-    feats = []
-    for feat in stable.schema.features:
-        raw = reference["features"].get(feat.name)
-        if raw is None:
-            raise StepError(f"model {tag}'s reference has no feature {feat.name!r}")
-        if feat.name not in df.columns:
-            raise StepError(f"the snapshot has no column {feat.name!r}, which {tag} needs")
-        feats.append(
-            drift.feature_drift(feat.name, drift.Reference.from_dict(raw), df[feat.name].to_numpy())
+    stable = _load(plugin, path, what=f"the stable version {tag}")
+    splits = list(_dataset(snap, run_dir).splits().values())
+    feats = _feature_drift(plugin, reference.get("features") or {}, splits, tag=tag)
+    prediction = None
+    if reference.get("prediction"):
+        scores = np.concatenate(
+            [plugin.task.score(plugin.predict(stable, plugin.inputs_of(split))) for split in splits]
         )
-    scores = predict_proba(stable.net, df[stable.schema.names].to_numpy(dtype=np.float32))
-    pred_ref = reference.get("prediction")
-    prediction_psi = (
-        drift.psi_of_values(drift.Reference.from_dict(pred_ref), scores) if pred_ref else 0.0
-    )
-    worst = max(feats, key=lambda f: f.psi)
+        prediction = drift.feature_drift(
+            "prediction", drift.Reference.from_dict(reference["prediction"]), scores
+        )
+    worst = max(feats, key=lambda f: f.psi) if feats else prediction
+    assert worst is not None  # the reference has features or a prediction
     return DriftCheck(
         stable=tag,
         threshold=params.psi_threshold,
         max_psi=worst.psi,
         worst=worst.name,
-        prediction_psi=prediction_psi,
+        prediction_psi=prediction.psi if prediction else 0.0,
         features=tuple(feats),
         forced=params.force,
         in_flight=spec.candidate.version if spec.candidate else "",
         skip=spec.candidate is not None or (worst.psi < params.psi_threshold and not params.force),
     )
+
+
+def _feature_drift(
+    plugin: Plugin, reference: Mapping[str, Any], splits: list[Split], *, tag: str
+) -> list[drift.FeatureDrift]:
+    """Drift of each feature the reference has, when the plugin names features."""
+    columns = [plugin.features(split) for split in splits]
+    if not reference or any(c is None for c in columns):
+        return []
+    feats = []
+    for name, raw in reference.items():
+        if any(name not in c for c in columns if c is not None):
+            raise StepError(f"the snapshot has no column {name!r}, which {tag} needs")
+        values = np.concatenate([c[name] for c in columns if c is not None])
+        feats.append(drift.feature_drift(name, drift.Reference.from_dict(raw), values))
+    return feats
+
+
+def _load(plugin: Plugin, path: Path, *, what: str) -> Any:
+    try:
+        return plugin.load(path)
+    except Exception as exc:
+        raise StepError(
+            f"plugin {plugin.path} cannot load {what} from {path}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -199,58 +193,92 @@ CANDIDATE_DIR = "candidate"
 
 
 def train(params: RetrainParams, snap: Snapshot, *, run_dir: Path) -> Candidate:
-    """Train on the snapshot's older rows (seeded) and stage the model in ``candidate/``."""
+    """Train on the snapshot's training rows (seeded) and stage the model in ``candidate/``;
+    a plugin whose train returns no metrics is refused here, before anything is staged."""
     version = params.version or store.next_version(params.model)
     tag = f"{params.model}:{version}"
     if store.exists(tag):
         raise StepError(f"model {tag} already exists; set the version parameter to another")
-    train_rows, _ = _rows(snap, run_dir)
+    plugin = params.load_plugin()
+    dataset = _dataset(snap, run_dir)
     start = time.perf_counter()
-    result = fit(train_rows, seed=params.seed)
+    trained = plugin.train(dataset, seed=params.seed)
     seconds = time.perf_counter() - start
     directory = run_dir / CANDIDATE_DIR
     if directory.exists():
         shutil.rmtree(directory)
-    store.write_directory(result, directory, extra={"data_source": snap.source})
+    weights = _stage(plugin, trained, directory, extra={"data_source": snap.source})
     return Candidate(
         tag=tag,
+        plugin=plugin.path,
         directory=CANDIDATE_DIR,
-        weights_sha256=result.weights_sha256,
-        seed=result.seed,
-        rows=result.rows,
-        epochs=result.epochs,
+        digest=plugins.files_sha256(directory),
+        weights_sha256=weights,
+        seed=params.seed,
+        rows=snap.rows.get("train", 0),
         seconds=round(seconds, 3),
-        roc_auc=float(result.metrics["roc_auc"]),
-        pr_auc=float(result.metrics["pr_auc"]),
+        metrics={k: float(v) for k, v in trained.metrics.items()},
     )
 
 
-def _staged(cand: Candidate, run_dir: Path) -> store.LoadedModel:
-    """The staged candidate, checked to be the one train wrote (the hash is what was judged)."""
+def _stage(plugin: Plugin, trained: Trained, directory: Path, *, extra: dict[str, Any]) -> str:
+    """Write the trained model and its metadata to ``directory``; its weights hash."""
+    metadata = plugin.save(trained, directory)
+    weights = trained.weights_sha256 or plugins.files_sha256(directory, exclude=(METADATA,))
+    metadata = {
+        "metrics": dict(trained.metrics),
+        **metadata,
+        "weights_sha256": weights,
+        "plugin": plugin.path,
+        **extra,
+    }
+    write_json(directory / METADATA, metadata)
+    return weights
+
+
+def _reproduce(plugin: Plugin, dataset: Dataset, *, seed: int) -> str:
+    """The weights hash of training again with the same data and seed."""
+    trained = plugin.train(dataset, seed=seed)
+    if trained.weights_sha256:
+        return trained.weights_sha256
+    with tempfile.TemporaryDirectory(prefix="turnout-reproduce-") as tmp:
+        return _stage(plugin, trained, Path(tmp), extra={})
+
+
+def _staged(cand: Candidate, run_dir: Path) -> Path:
+    """The staged candidate, checked to be the one train wrote (its files are what was judged)."""
     path = run_dir / cand.directory
     try:
-        loaded = store.from_directory(path, tag=cand.tag, metadata=store.read_metadata(path))
+        digest = plugins.files_sha256(path)
     except FileNotFoundError as exc:
         raise StepError(f"the staged candidate in {path} is incomplete: {exc}") from None
-    if state_hash(loaded.net) != cand.weights_sha256:
+    if not (path / METADATA).is_file():
+        raise StepError(f"the staged candidate in {path} is incomplete: no {METADATA}")
+    if digest != cand.digest:
         raise StepError(f"the staged candidate in {path} changed since the train step wrote it")
-    return loaded
+    return path
 
 
 # --- validate ---------------------------------------------------------------------------------
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+#: Rows in the serving smoke test's request.
+SMOKE_ROWS = 8
 
 #: The serving smoke test of a staged candidate (directory, tag): (passed, one line).
 SmokeTest = Callable[[Path, str], tuple[bool, str]]
 
 
 def default_smoke_test(directory: Path, tag: str) -> tuple[bool, str]:
-    """A real `bentoml serve` of the staged candidate, asked over v2 (workflows/smoke.py)."""
-    from workflows.smoke import smoke_test_v2
+    """A real `bentoml serve` of the staged candidate by the plugin that trained it (its
+    metadata names it), asked over v2 for the plugin's example inputs (workflows/smoke.py)."""
+    from workflows.smoke import smoke_test
 
-    return smoke_test_v2(tag=tag, model_dir=directory)
+    plugin = plugins.load(str(store.read_metadata(directory)["plugin"]))
+    return smoke_test(
+        plugin=plugin, tag=tag, model_dir=directory, inputs=plugin.examples(SMOKE_ROWS)
+    )
 
 
 def validate(
@@ -262,23 +290,40 @@ def validate(
     run_dir: Path,
     smoke: SmokeTest | None = None,
 ) -> Validation:
-    """Run the gate (training/gate.py) on the newest window against the stable model, with a
-    real serving smoke test and a same-seed retrain; write report.json and report.md."""
-    staged = _staged(cand, run_dir)
-    train_rows, window = _rows(snap, run_dir)
-    stable = store.load(drift_check.stable)
-    path = run_dir / cand.directory
-    report: GateReport = run_gate(
-        staged.net,
-        candidate_name=cand.tag,
-        data=window,
-        stable=stable.net,
-        train_data=train_rows,
-        thresholds=params.thresholds(),
+    """Run the plugin's gate (training/gate.py's judge) on the newest data against the stable
+    model, with a real serving smoke test and a same-seed retrain; write report.json and
+    report.md."""
+    plugin = params.load_plugin()
+    if cand.plugin != plugin.path:
+        raise StepError(f"{cand.tag} was trained by plugin {cand.plugin}, not {plugin.path}")
+    config = params.gate_config()
+    path = _staged(cand, run_dir)
+    dataset = _dataset(snap, run_dir)
+    candidate = _load(plugin, path, what=f"the candidate {cand.tag}")
+    stable = _load(plugin, staging.stored(drift_check.stable)[0], what=drift_check.stable)
+    inputs = plugin.inputs_of(dataset.newest)
+    outputs = _guard(lambda: plugin.predict(candidate, inputs), what="predict")
+    metrics = _metrics(plugin, candidate, dataset.newest, outputs)
+
+    def one_row(i: int) -> object:
+        i %= plugins.rows(inputs)
+        return plugin.obj.predict(candidate, {k: v[i : i + 1] for k, v in inputs.items()})
+
+    report: GateReport = judge(
+        model=cand.tag,
+        config=config,
+        outputs=outputs,
+        metrics=metrics,
+        stable_metrics=lambda: _guard(
+            lambda: plugin.evaluate(stable, dataset.newest), what="evaluate (stable)"
+        ),
+        latency_ms=lambda calls: time_calls(one_row, calls=calls),
         serve_smoke=lambda: (smoke or default_smoke_test)(path, cand.tag),
-        reproduce=lambda: fit(train_rows, seed=cand.seed).weights_sha256,
+        reproduce=lambda: _reproduce(plugin, dataset, seed=cand.seed),
         weights_sha256=cand.weights_sha256,
-        seed=cand.seed,
+        then=lambda: plugin.checks(
+            candidate, dataset, stable=stable, config=config, seed=cand.seed
+        ),
     )
     write_json(run_dir / REPORT_JSON, report.to_dict())
     (run_dir / REPORT_MD).write_text(report.to_markdown())
@@ -290,6 +335,28 @@ def validate(
         report=REPORT_JSON,
         markdown=REPORT_MD,
     )
+
+
+def _guard(call: Callable[[], Any], *, what: str) -> Any:
+    """``call()``, or one line saying how it failed (the gate reports it, never raises)."""
+    try:
+        return call()
+    except Exception as exc:
+        return f"{what} failed: {type(exc).__name__}: {exc}"
+
+
+def _metrics(
+    plugin: Plugin, model: Any, split: Split, outputs: Mapping[str, np.ndarray] | str
+) -> Metrics:
+    """The candidate's metrics on the newest data; not trusted when its outputs are not."""
+    if isinstance(outputs, str):
+        return f"the candidate could not score the newest data: {outputs}"
+    bad = sum(int((~np.isfinite(np.asarray(v, dtype=float))).sum()) for v in outputs.values())
+    if bad:
+        total = sum(v.size for v in outputs.values())
+        return f"cannot judge metrics: {bad} of {total} outputs are NaN or infinite"
+    got: Metrics = _guard(lambda: plugin.evaluate(model, split), what="evaluate")
+    return got
 
 
 # --- package ----------------------------------------------------------------------------------
@@ -327,7 +394,7 @@ def package(
             "params": {k: v for k, v in params.to_dict().items() if k != "webhook"},
         },
     }
-    tag = _register(cand, run_dir=run_dir, extra=extra)
+    tag = _register(cand, params.load_plugin(), run_dir=run_dir, extra=extra)
     image = f"{params.image_registry}/{params.model}:{cand.version}" if build_bento else ""
     bento_dir = ""
     if build_bento:
@@ -340,16 +407,15 @@ def package(
     return Package(tag=tag, image=image, bento=bento_dir)
 
 
-def _register(cand: Candidate, *, run_dir: Path, extra: dict[str, Any]) -> str:
+def _register(cand: Candidate, plugin: Plugin, *, run_dir: Path, extra: dict[str, Any]) -> str:
     if store.exists(cand.tag):
         # A retried step after the registration went through: the same weights are fine.
-        if store.load(cand.tag).metadata.get("weights_sha256") == cand.weights_sha256:
+        if staging.stored(cand.tag)[1].get("weights_sha256") == cand.weights_sha256:
             log.info("%s is registered already (a retried step)", cand.tag)
             return cand.tag
         raise StepError(f"model {cand.tag} already exists with other weights")
-    name, version = cand.tag.split(":")
-    return store.register_directory(
-        run_dir / cand.directory, name=name, version=version, extra=extra
+    return staging.register(
+        run_dir / cand.directory, tag=cand.tag, labels={"task": plugin.name}, extra=extra
     )
 
 

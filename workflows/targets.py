@@ -70,6 +70,9 @@ def propose_change(spec: ModelDeploymentSpec, *, name: str, ref: VersionRef) -> 
             f"{name}: candidate {spec.candidate.version} is still rolling out; "
             f"not replacing it with {ref.version} (let it finish or `turnout rollback {name}`)"
         )
+    if ref.service is None and spec.stable.service is not None:
+        # A retrained version runs on the same serving code as the stable one.
+        ref = ref.model_copy(update={"service": spec.stable.service})
     where = f" (image {ref.image})" if ref.image else ""
     return Change(
         spec=spec.model_copy(update={"candidate": ref}),

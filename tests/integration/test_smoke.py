@@ -66,7 +66,7 @@ def test_model_answering_nan_fails_clearly(staged_nan) -> None:
     ok, reason = smoke_test_v2(tag="fraud:v91", model_dir=staged_nan)
     assert not ok
     assert reason.startswith("fraud:v91: v2 infer answered 500")
-    assert "non-finite scores" in reason
+    assert "non-finite 'probability'" in reason
     assert "\n" not in reason
     assert servers_of("fraud:v91") == []
     assert not store.exists("fraud:v91")

@@ -215,8 +215,8 @@ def test_parameters_are_typed_from_strings() -> None:
 
 
 def test_gate_thresholds_come_from_the_gate_parameter() -> None:
-    t = RetrainParams.from_pairs(["gate=min_roc_auc=0.9,latency_rows=50"]).thresholds()
-    assert (t.min_roc_auc, t.latency_rows, t.min_pr_auc) == (0.9, 50, 0.30)
+    t = RetrainParams.from_pairs(["gate=min_roc_auc=0.9,latency_rows=50"]).gate_config()
+    assert (t.floors["roc_auc"], t.latency_rows, t.floors["pr_auc"]) == (0.9, 50, 0.30)
 
 
 @pytest.mark.parametrize(
@@ -283,7 +283,17 @@ def drift_check(**changes: Any) -> DriftCheck:
     "record",
     [
         drift_check(),
-        Candidate("fraud:v2", "candidate", "ab" * 32, 1, 14000, 12, 3.2, 0.95, 0.6),
+        Candidate(
+            "fraud:v2",
+            "workflows.fraud:PIPELINE",
+            "candidate",
+            "cd" * 32,
+            "ab" * 32,
+            1,
+            14000,
+            3.2,
+            {"roc_auc": 0.95, "pr_auc": 0.6},
+        ),
         Validation("fraud:v2", False, 19, ("rocAuc: 0.61 < 0.80",), "report.json", "report.md"),
     ],
 )
