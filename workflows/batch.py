@@ -1,6 +1,16 @@
-"""Batch scoring: a CSV or Parquet file in, the same rows plus a fraud probability out.
+"""Batch scoring: a CSV or Parquet file in, the same rows plus the model's outputs out.
 
-Why it is built this way:
+Any model served by the serving SDK scores here through its retraining plugin
+(workflows/plugins.py; named in the version's metadata by the retrain pipeline, or given):
+its ``inputs_of`` turns a table's rows into the declared inputs, or a ``.npz`` file holds
+them by name (images, sequences: anything a table cannot), and each declared output comes
+back as a column (``probabilities[0]`` ... for a wider one) or, into a ``.npz``, as an array.
+The built-in fraud model has the fast path below, tuned for its table.
+
+The plugin path streams a table as the fraud path does (one thread, no overlap of stages);
+an .npz is read and written whole.
+
+Why the fraud path is built this way:
 - Streamed: pyarrow reads Parquet row groups or CSV blocks and the rows are scored in chunks
   of ``chunk_rows``, so a file larger than memory scores in constant memory.
 - Batch equals online: rows are checked by training/data.py (the same checks as training data)
@@ -21,6 +31,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -48,7 +59,10 @@ from training.data import (
 
 if TYPE_CHECKING:
     from training.store import LoadedModel
+    from workflows.plugins import Plugin
+    from workflows.staging import Version
 
+FRAUD_PLUGIN = "workflows.fraud:PIPELINE"
 PROBABILITY = "probability"
 MODEL_VERSION = "model_version"
 OUTPUT_COLUMNS = (PROBABILITY, MODEL_VERSION)
@@ -57,6 +71,8 @@ DEFAULT_CHUNK_ROWS = 65_536
 ROW_GROUP_BYTES = 32 << 20
 
 Format = Literal["csv", "parquet"]
+#: Arrays by name, rows on axis 0 (numpy's .npz, read without pickle).
+NPZ = ".npz"
 #: Called after each scored chunk with (rows in that chunk, rows in this run's share); once
 #: with (0, total) before the first chunk.
 Progress = Callable[[int, int], None]
@@ -69,6 +85,15 @@ class BatchResult:
     rows_per_s: float
     output: Path
     model: str = ""
+
+    @classmethod
+    def since(cls, started: float, *, rows: int, output: Path, model: str = "") -> BatchResult:
+        """The result of a run that began at ``started`` (``time.perf_counter()``)."""
+        seconds = time.perf_counter() - started
+        rate = round(rows / seconds, 1) if seconds > 0 else 0.0
+        return cls(
+            rows=rows, seconds=round(seconds, 3), rows_per_s=rate, output=output, model=model
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "output": str(self.output)}
@@ -374,8 +399,19 @@ def _dictionary_columns(sample: pa.Table) -> list[str]:
     ]
 
 
+def _file_format(path: Path) -> Literal["csv", "parquet", "npz"]:
+    if path.suffix.lower() == NPZ:
+        return "npz"
+    try:
+        return table_format(path)
+    except DataError:
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix.lower()!r} (use .csv, .parquet or .npz)"
+        ) from None
+
+
 def _check_output(output: Path, *, inputs: Sequence[Path] = ()) -> None:
-    table_format(output)
+    _file_format(output)
     if output.is_dir():
         raise DataError(f"{output}: is a directory; name the output file")
     for path in inputs:
@@ -407,14 +443,17 @@ def batch_predict(
     chunk_index: int | None = None,
     chunk_count: int | None = None,
     progress: Progress | None = None,
+    plugin: str | None = None,
 ) -> BatchResult:
-    """Score ``input`` with model version ``model`` into ``output`` (CSV or Parquet by suffix):
-    the input's columns plus ``probability`` (float32) and ``model_version``.
+    """Score ``input`` with model version ``model`` into ``output`` (CSV, Parquet or .npz by
+    suffix): the input's columns plus the model's outputs (a fraud model's ``probability``,
+    float32) and ``model_version``.
 
-    With ``chunk_index``/``chunk_count`` only that contiguous share of the rows is scored, into
-    ``part_path(output, ...)``. Raises DataError or ModelNotFound with a message naming the
-    file, column, row or model at fault; nothing is written then. The result's ``seconds``
-    cover the whole run except loading the model.
+    ``plugin``: the model's retraining plugin (default: the one its metadata names; a fraud
+    version needs none). With ``chunk_index``/``chunk_count`` only that contiguous share of
+    the rows is scored, into ``part_path(output, ...)``. Raises DataError or ModelNotFound
+    with a message naming the file, column, row or model at fault; nothing is written then.
+    The result's ``seconds`` cover the whole run except loading the model.
     """
     started = time.perf_counter()
     input, output = Path(input), Path(output)
@@ -429,6 +468,18 @@ def batch_predict(
             raise ValueError(f"chunk_index must be in 0..{chunk_count - 1}, got {chunk_index}")
         output = part_path(output, index=chunk_index, count=chunk_count)
     _check_output(output, inputs=[input])
+    by_plugin = _plugin_of(model, plugin)
+    if by_plugin is not None:
+        version, chosen = by_plugin
+        return _predict_with_plugin(
+            version,
+            chosen,
+            input=input,
+            output=output,
+            chunk_rows=chunk_rows,
+            chunk=None if chunk_count is None else (chunk_index or 0, chunk_count),
+            progress=progress,
+        )
     source = _Source.open(input)
     from training.model import predict_proba
 
@@ -479,14 +530,7 @@ def batch_predict(
             empty = _with_outputs(source.arrow_schema(schema).remove_metadata())
             writer = stack.enter_context(_Writer(output, _not_null(empty, checked)))
         writer.commit()
-    seconds = time.perf_counter() - started
-    return BatchResult(
-        rows=rows,
-        seconds=round(seconds, 3),
-        rows_per_s=round(rows / seconds, 1) if seconds > 0 else 0.0,
-        output=output,
-        model=loaded.tag,
-    )
+    return BatchResult.since(started, rows=rows, output=output, model=loaded.tag)
 
 
 def _not_null(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
@@ -531,6 +575,220 @@ def _prefetch(pool: ThreadPoolExecutor, items: Iterator[Any]) -> Iterator[Any]:
         yield item
 
 
+# --- any model, through its plugin ----------------------------------------------------------
+
+
+def _plugin_of(model: str, given: str | None) -> tuple[Version, Plugin] | None:
+    """The version and the plugin to score it with; None for a fraud version (its fast
+    path), or a model the store lacks (the fast path names it)."""
+    from workflows import plugins, staging  # imports bentoml: only when a model is needed
+
+    try:
+        version = staging.stored(model)
+    except LookupError:
+        if given is None:
+            return None
+        raise
+    named = given or version.metadata.get("plugin")
+    if named == FRAUD_PLUGIN or (named is None and "feature_schema" in version.metadata):
+        return None
+    if named is None:
+        raise DataError(
+            f"model {version.tag} names no retraining plugin in its metadata (it was not "
+            "made by `turnout pipeline run retrain`): give the plugin that knows its inputs, "
+            "e.g. --plugin examples.digits.pipeline:PIPELINE"
+        )
+    return version, plugins.load(str(named))
+
+
+def _predict_with_plugin(
+    version: Version,
+    plugin: Plugin,
+    *,
+    input: Path,
+    output: Path,
+    chunk_rows: int,
+    chunk: tuple[int, int] | None,
+    progress: Progress | None,
+) -> BatchResult:
+    """Score with the plugin's ``predict``, chunk by chunk, in order: a table's chunks are
+    written as they come; an .npz is written whole at the end (numpy writes it so)."""
+    model = plugin.load(version.path)
+    started = time.perf_counter()  # loading the model is a fixed cost, not part of the rate
+    added = {*_columns(plugin), MODEL_VERSION}
+    start, stop, chunks, passed = _plugin_chunks(
+        input, chunk_rows=chunk_rows, chunk=chunk, added=added
+    )
+    if progress:
+        progress(0, stop - start)
+    parts: list[dict[str, np.ndarray]] = []
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        writer: _Writer | None = None
+        for table, split in chunks:
+            outputs = plugin.predict(model, plugin.inputs_of(split))
+            n = len(next(iter(outputs.values())))
+            if _file_format(output) == "npz":
+                parts.append(outputs)
+            else:
+                scored = _with_columns(table, plugin, outputs, version=version.version)
+                if writer is None:
+                    writer = stack.enter_context(_Writer(output, scored.schema))
+                writer.write(scored)
+            rows += n
+            if progress:
+                progress(n, stop - start)
+        if _file_format(output) == "npz":
+            _write_npz(output, _stacked(plugin, parts, version=version.version))
+        else:
+            if writer is None:  # an empty share (more pods than rows): a part with no rows
+                fields = [pa.field(k, pa.from_numpy_dtype(v)) for k, v in _dtypes(plugin)]
+                schema = pa.schema([*passed, *fields, pa.field(MODEL_VERSION, pa.string())])
+                writer = stack.enter_context(_Writer(output, schema))
+            writer.commit()
+    return BatchResult.since(started, rows=rows, output=output, model=version.tag)
+
+
+def _with_columns(
+    table: pa.Table | None, plugin: Plugin, outputs: dict[str, np.ndarray], *, version: str
+) -> pa.Table:
+    """The rows as read (none from an .npz) with the output columns and the version."""
+    n = len(next(iter(outputs.values())))
+    added = {k: pa.array(v) for k, v in _output_columns(plugin, outputs).items()}
+    added[MODEL_VERSION] = pa.array([version] * n, pa.string())
+    if table is None:
+        return pa.table(added)
+    for name, column in added.items():
+        table = table.append_column(name, column)
+    return table.replace_schema_metadata(None)
+
+
+def _stacked(
+    plugin: Plugin, parts: list[dict[str, np.ndarray]], *, version: str
+) -> dict[str, np.ndarray]:
+    arrays = {
+        t.name: np.concatenate([p[t.name] for p in parts])
+        if parts
+        else np.zeros((0, *t.shape[1:]), dtype=t.dtype)
+        for t in plugin.outputs
+    }
+    return {**arrays, MODEL_VERSION: np.array(version)}
+
+
+def _plugin_chunks(
+    input: Path, *, chunk_rows: int, chunk: tuple[int, int] | None, added: set[str]
+) -> tuple[int, int, Iterator[tuple[pa.Table | None, Any]], list[pa.Field]]:
+    """(first row, end row, chunks, columns passed through): arrays of an .npz, or a table's
+    rows (with the table, to pass its columns through) as a DataFrame for the plugin's
+    ``inputs_of``."""
+    if _file_format(input) == "npz":
+        arrays = _read_npz(input)
+        total = len(next(iter(arrays.values())))
+        start, stop = share(total, index=chunk[0], count=chunk[1]) if chunk else (0, total)
+        return (
+            start,
+            stop,
+            (
+                (None, {k: v[a : min(a + chunk_rows, stop)] for k, v in arrays.items()})
+                for a in range(start, stop, chunk_rows)
+            ),
+            [],
+        )
+    source = _Source.open(input)
+    clash = added & set(source.columns)
+    if clash:
+        raise DataError(f"{input}: has columns {sorted(clash)}, which the output adds; rename them")
+    start, stop = share(source.rows, index=chunk[0], count=chunk[1]) if chunk else (0, source.rows)
+    tables = _rechunk(_rows(source, start, stop), chunk_rows)
+    try:
+        if source.format == "parquet":
+            passed = list(pq.ParquetFile(input).schema_arrow.remove_metadata())
+        else:
+            passed = list(_open_csv(input).schema)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{input}: cannot read file: {exc}") from None
+    return start, stop, ((t, t.to_pandas()) for t in tables), passed
+
+
+def _rows(source: _Source, start: int, stop: int) -> Iterator[pa.RecordBatch]:
+    """Rows [start, stop); a CSV's columns with the types arrow infers from the file's first
+    block, so every chunk and every fan-out pod reads the same types (the plugin's
+    ``inputs_of`` converts them to the model's)."""
+    try:
+        if source.format == "parquet":
+            yield from source._parquet(start, stop, DEFAULT_CHUNK_ROWS)
+        else:
+            first = _open_csv(source.path).schema
+            types = pa_csv.ConvertOptions(
+                column_types=dict(zip(first.names, first.types, strict=True))
+            )
+            yield from _window(_open_csv(source.path, skip=start, convert=types), 0, stop - start)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{source.path}: cannot read file: {exc}") from None
+
+
+def _columns(plugin: Plugin) -> list[str]:
+    """The output columns: a declared output of one value per row is a column of its name, a
+    wider one a column per value, ``name[0]``, ``name[1]``, ... in C order."""
+    return [name for name, _ in _dtypes(plugin)]
+
+
+def _dtypes(plugin: Plugin) -> list[tuple[str, np.dtype[Any]]]:
+    """Each output column's name and type (the declared output's)."""
+    return [
+        (name, t.dtype)
+        for t in plugin.outputs
+        for name in ([t.name] if not t.shape[1:] else _wide(t.name, math.prod(t.shape[1:])))
+    ]
+
+
+def _wide(name: str, width: int) -> list[str]:
+    return [f"{name}[{j}]" for j in range(width)]
+
+
+def _output_columns(plugin: Plugin, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {}
+    for t in plugin.outputs:
+        values = outputs[t.name].astype(t.dtype, copy=False)
+        if not t.shape[1:]:
+            columns[t.name] = values.reshape(len(values))
+            continue
+        flat = values.reshape(len(values), -1)
+        columns.update(zip(_wide(t.name, flat.shape[1]), flat.T, strict=True))
+    return columns
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read arrays: {exc}") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Inputs by name: numeric arrays of one length."""
+    from workflows.plugins import split_problem
+
+    found = _load_npz(path)
+    problem = split_problem(found)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return found
+
+
+def _write_npz(output: Path, arrays: dict[str, np.ndarray]) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.stem}.{os.getpid()}.tmp{NPZ}")
+    try:
+        np.savez(tmp, allow_pickle=False, **arrays)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # --- merging the fan-out's parts ------------------------------------------------------------
 
 
@@ -544,21 +802,16 @@ def merge_parts(parts: Sequence[Path], output: Path) -> BatchResult:
     output = Path(output)
     if not parts:
         raise DataError(f"{output}: no parts to merge")
-    fmt = table_format(output)
+    fmt = _file_format(output)
     _check_output(output, inputs=parts)
     for part in parts:
         if not part.exists():
             raise DataError(f"{part}: part not found (did every chunk of the fan-out finish?)")
-        if table_format(part) != fmt:
-            raise DataError(f"{part}: a {table_format(part)} part cannot merge into {output}")
-    rows = _merge_parquet(parts, output) if fmt == "parquet" else _merge_csv(parts, output)
-    seconds = time.perf_counter() - started
-    return BatchResult(
-        rows=rows,
-        seconds=round(seconds, 3),
-        rows_per_s=round(rows / seconds, 1) if seconds > 0 else 0.0,
-        output=output,
-    )
+        if _file_format(part) != fmt:
+            raise DataError(f"{part}: a {_file_format(part)} part cannot merge into {output}")
+    merge = {"parquet": _merge_parquet, "csv": _merge_csv, "npz": _merge_npz}[fmt]
+    rows = merge(parts, output)
+    return BatchResult.since(started, rows=rows, output=output)
 
 
 def _merge_parquet(parts: Sequence[Path], output: Path) -> int:
@@ -613,3 +866,17 @@ def _merge_csv(parts: Sequence[Path], output: Path) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return rows
+
+
+def _merge_npz(parts: Sequence[Path], output: Path) -> int:
+    loaded = [_load_npz(p) for p in parts]
+    names = sorted(loaded[0])
+    for part, arrays in zip(parts, loaded, strict=True):
+        if sorted(arrays) != names:
+            raise DataError(f"{part}: its arrays differ from {parts[0]}'s; cannot merge")
+    merged = {
+        k: loaded[0][k] if k == MODEL_VERSION else np.concatenate([a[k] for a in loaded])
+        for k in names
+    }
+    _write_npz(output, merged)
+    return max((len(v) for k, v in merged.items() if k != MODEL_VERSION), default=0)

@@ -82,6 +82,11 @@ class _Bar:
     show_default=True,
     help="torch intra-op threads; reading and writing run on threads of their own beside them",
 )
+@click.option(
+    "--plugin",
+    metavar="MODULE:ATTR",
+    help="the model's retraining plugin, when its metadata names none (fraud needs none)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
 def batch_predict_command(
     model: str,
@@ -91,11 +96,15 @@ def batch_predict_command(
     chunk_index: int | None,
     chunk_count: int | None,
     torch_threads: int,
+    plugin: str | None,
     as_json: bool,
 ) -> None:
-    """Score a CSV or Parquet file with MODEL (e.g. fraud:v2, fraud:latest) into OUTPUT.
+    """Score a CSV, Parquet or .npz file with MODEL (e.g. fraud:v2, digits:latest) into OUTPUT.
 
-    OUTPUT (.csv or .parquet) holds INPUT's columns plus `probability` and `model_version`.
+    OUTPUT (.csv, .parquet or .npz) holds INPUT's columns plus the model's outputs (fraud:
+    `probability`; a wider output a column per value, `probabilities[0]` ...) and
+    `model_version`; an .npz holds the outputs by name. Any model served by the serving SDK
+    scores through its retraining plugin (workflows/PLUGINS.md).
     """
     if (chunk_index is None) != (chunk_count is None):
         raise click.UsageError("--chunk-index and --chunk-count go together")
@@ -124,6 +133,7 @@ def batch_predict_command(
                 chunk_index=chunk_index,
                 chunk_count=chunk_count,
                 progress=_Bar(stack, f"scoring {input.name}"),
+                plugin=plugin,
             )
         except (DataError, ModelNotFound, ValueError, OSError) as exc:
             raise click.ClickException(str(exc)) from None

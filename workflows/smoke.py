@@ -197,7 +197,7 @@ def _output_problem(
 def _prepare(home: Path, *, plugin: Plugin, tag: str, model_dir: Path | None) -> Any:
     """Make ``tag`` servable from BENTOML_HOME=``home``; return the model as loaded here."""
     if model_dir is None:
-        path, _ = staging.stored(tag)  # ModelNotFound names the tag
+        path = staging.stored(tag).path  # ModelNotFound names the tag
         (home / "models").symlink_to(use_local_model_store() / "models", target_is_directory=True)
         return plugin.load(path)
     model = plugin.load(model_dir)

@@ -11,6 +11,7 @@ gate passed.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,29 @@ from training.store import _storable as storable  # noqa: E402
 from workflows.plugins import METADATA  # noqa: E402
 
 
-def stored(tag: str) -> tuple[Path, dict[str, Any]]:
-    """The directory and metadata of a registered version; ModelNotFound naming the tag."""
+@dataclass(frozen=True)
+class Version:
+    """A registered model version: its tag (``latest`` resolved), directory and metadata."""
+
+    tag: str
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.tag.partition(":")[2]
+
+
+def stored(tag: str) -> Version:
+    """The registered version ``tag`` (``digits:v2``, ``digits:latest``); ModelNotFound
+    naming the tag."""
     try:
         model = bentoml.models.get(tag)
     except NotFound:
         raise ModelNotFound(f"model {tag} not found in the model store") from None
-    return Path(model.path), dict(model.info.metadata)
+    except Exception as exc:  # a malformed tag: bentoml raises several kinds
+        raise ModelNotFound(f"model {tag!r}: {exc}") from None
+    return Version(str(model.tag), Path(model.path), dict(model.info.metadata))
 
 
 def register(

@@ -130,13 +130,13 @@ def check_drift(
     spec = target.spec(params.deployment_name)
     tag = stable_tag(params, spec)
     plugin = params.load_plugin()
-    path, metadata = staging.stored(tag)
-    reference = metadata.get("reference")
+    stored = staging.stored(tag)
+    reference = stored.metadata.get("reference")
     if not isinstance(reference, dict) or not (
         reference.get("features") or reference.get("prediction")
     ):
         raise StepError(f"model {tag} has no drift reference in its metadata; retrain it first")
-    stable = _load(plugin, path, what=f"the stable version {tag}")
+    stable = _load(plugin, stored.path, what=f"the stable version {tag}")
     splits = list(_dataset(snap, run_dir).splits().values())
     feats = _feature_drift(plugin, reference.get("features") or {}, splits, tag=tag)
     prediction = None
@@ -300,7 +300,7 @@ def validate(
     path = _staged(cand, run_dir)
     dataset = _dataset(snap, run_dir)
     candidate = _load(plugin, path, what=f"the candidate {cand.tag}")
-    stable = _load(plugin, staging.stored(drift_check.stable)[0], what=drift_check.stable)
+    stable = _load(plugin, staging.stored(drift_check.stable).path, what=drift_check.stable)
     inputs = plugin.inputs_of(dataset.newest)
     outputs = _guard(lambda: plugin.predict(candidate, inputs), what="predict")
     metrics = _metrics(plugin, candidate, dataset.newest, outputs)
@@ -410,7 +410,7 @@ def package(
 def _register(cand: Candidate, plugin: Plugin, *, run_dir: Path, extra: dict[str, Any]) -> str:
     if store.exists(cand.tag):
         # A retried step after the registration went through: the same weights are fine.
-        if staging.stored(cand.tag)[1].get("weights_sha256") == cand.weights_sha256:
+        if staging.stored(cand.tag).metadata.get("weights_sha256") == cand.weights_sha256:
             log.info("%s is registered already (a retried step)", cand.tag)
             return cand.tag
         raise StepError(f"model {cand.tag} already exists with other weights")

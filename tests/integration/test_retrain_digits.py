@@ -4,8 +4,8 @@ One real run end to end (examples/digits/pipeline.py): the bundled digits split 
 seed, the CNN trained for a few epochs, its own gate (accuracy and macro-F1 floors, no
 regression in accuracy against the stable version on the newest images, latency, a v2 smoke
 test through `bentoml serve` of examples/digits with the candidate in a private store, same
-seed same weights), then registered and proposed. The stable version is an under-trained one
-of the same plugin, registered as a first run would have.
+seed same weights), then registered, proposed, and scored in batch. The stable version is an
+under-trained one of the same plugin, registered as a first run would have.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
+from sklearn.datasets import load_digits
 
 from training import store
 from turnout.core.spec import VersionRef, parse_deployment
 from turnout.io.deployments import DeploymentStore
 from turnout.io.settings import settings
 from workflows import plugins, staging, steps
+from workflows.batch import batch_predict
 from workflows.cli import pipeline
 from workflows.params import RetrainParams
 
@@ -111,7 +115,20 @@ def test_digits_retrains_with_its_own_gate_and_is_proposed(
     version = expected.partition(":")[2]
     spec = DeploymentStore(settings().home).load(MODEL).spec
     assert spec.candidate == VersionRef(version=version, service="examples/digits")
-    _, meta = staging.stored(expected)
+    meta = staging.stored(expected).metadata
     assert meta["plugin"] == PLUGIN and meta["validation"]["passed"] is True
     assert meta["reference"]["prediction"]["kind"] == "categorical"
     assert meta["training"]["epochs"] == EPOCHS
+
+    # The registered version scores in batch too: its metadata names the plugin that knows
+    # its input, so the images go in as an .npz and come back a column per class.
+    digits = load_digits()
+    np.savez(tmp_path / "images.npz", image=digits.images.astype(np.float32)[:, None])
+    scored = batch_predict(
+        model=expected, input=tmp_path / "images.npz", output=tmp_path / "scores.parquet"
+    )
+    assert scored.rows == len(digits.target)
+    out = pd.read_parquet(tmp_path / "scores.parquet")
+    assert list(out.columns) == [*(f"probabilities[{k}]" for k in range(10)), "model_version"]
+    predicted = out[[f"probabilities[{k}]" for k in range(10)]].to_numpy().argmax(axis=1)
+    assert (predicted == digits.target).mean() > 0.9

@@ -1,6 +1,6 @@
 """Retraining plugins (workflows/plugins.py): the contract is checked where a plugin breaks it,
-a train without metrics is refused before anything is registered, and the gate is the one the
-plugin configures.
+a train without metrics is refused before anything is registered, the gate is the one the
+plugin configures, and batch prediction scores any model through its plugin.
 
 The plugin here is a nearest-centroid classifier on 2-D points (numpy only), so whole runs of
 the real pipeline take a second; the serving smoke test is stubbed (a real one runs in
@@ -21,11 +21,14 @@ from click.testing import CliRunner, Result
 
 import turnout_sdk as turnout
 from training import store
+from training.data import DataError
 from training.gate import GateConfig, GateReport, GateThresholds, Regression, judge
 from turnout.core.spec import VersionRef, parse_deployment
 from turnout.io.deployments import DeploymentStore
 from turnout.io.settings import settings
 from workflows import plugins, staging, steps
+from workflows.batch import batch_predict, merge_parts, part_paths
+from workflows.batch_cli import batch_predict_command
 from workflows.cli import pipeline
 from workflows.params import ParamError, RetrainParams
 from workflows.plugins import Dataset, Plugin, PluginError, Trained
@@ -280,7 +283,7 @@ def test_a_plugin_retrains_and_proposes_with_its_own_gate(tmp_path: Path, no_ser
     assert checks["reproducible"]["passed"]  # the hash of the files save wrote, twice
     candidate = DeploymentStore(settings().home).load("centroids-ok").spec.candidate
     assert candidate == VersionRef(version="v2")
-    meta = staging.stored("centroids:v2")[1]
+    meta = staging.stored("centroids:v2").metadata
     assert meta["plugin"] == f"{HERE}:CENTROIDS" and meta["validation"]["passed"] is True
 
 
@@ -365,3 +368,105 @@ def test_a_dataset_round_trips_through_files_and_a_changed_file_is_noticed(
     (tmp_path / "newest.npz").write_bytes(b"changed")
     with pytest.raises(ValueError, match="changed since the snapshot step wrote it"):
         plugins.read_dataset(tmp_path, stored)
+
+
+# --- batch prediction of any model, through its plugin --------------------------------------
+
+
+class CentroidsTable(Centroids):
+    """The same model, for rows of a table with columns x0 and x1."""
+
+    def inputs_of(self, split: Any) -> dict[str, np.ndarray]:
+        if isinstance(split, pd.DataFrame):
+            return {"x": split[["x0", "x1"]].to_numpy(dtype=np.float32)}
+        return {"x": split["x"]}
+
+
+TABLE = CentroidsTable()
+
+
+@pytest.fixture
+def points(tmp_path: Path) -> np.ndarray:
+    x = np.random.default_rng(3).normal(size=(50, 2)).astype(np.float32) * 3
+    np.savez(tmp_path / "points.npz", x=x)
+    return x
+
+
+def expected_scores(tag: str, x: np.ndarray) -> np.ndarray:
+    plugin = plugins.load(f"{HERE}:CENTROIDS")
+    return plugin.predict(plugin.load(staging.stored(tag).path), {"x": x})["scores"]
+
+
+def test_batch_scores_arrays_with_the_plugin_its_metadata_names(
+    tmp_path: Path, points: np.ndarray
+) -> None:
+    tag = stable_version("centroids-batch")
+    result = batch_predict(model=tag, input=tmp_path / "points.npz", output=tmp_path / "s.npz")
+    assert result.rows == 50 and result.model == tag
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as out:
+        np.testing.assert_allclose(out["scores"], expected_scores(tag, points), rtol=1e-6)
+        assert str(out["model_version"]) == "v1"
+
+
+def test_batch_scores_a_table_into_a_column_per_output_value(
+    tmp_path: Path, points: np.ndarray
+) -> None:
+    tag = stable_version("centroids-batch")
+    table = pd.DataFrame(
+        {"id": [f"p{i}" for i in range(50)], "x0": points[:, 0], "x1": points[:, 1]}
+    )
+    table.to_parquet(tmp_path / "points.parquet")
+    with pytest.raises(PluginError, match=r"inputs_of\(\) is missing"):
+        batch_predict(model=tag, input=tmp_path / "points.parquet", output=tmp_path / "s.csv")
+
+    batch_predict(
+        model=tag,
+        input=tmp_path / "points.parquet",
+        output=tmp_path / "s.csv",
+        chunk_rows=16,
+        plugin=f"{HERE}:TABLE",
+    )
+    out = pd.read_csv(tmp_path / "s.csv")
+    assert list(out.columns) == ["id", "x0", "x1", "scores[0]", "scores[1]", "model_version"]
+    assert list(out["id"]) == list(table["id"]) and set(out["model_version"]) == {"v1"}
+    scores = out[["scores[0]", "scores[1]"]].to_numpy()
+    np.testing.assert_allclose(scores, expected_scores(tag, points), rtol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".parquet"])
+def test_batch_fans_out_any_model_and_merges_in_order(
+    tmp_path: Path, points: np.ndarray, suffix: str
+) -> None:
+    tag = stable_version("centroids-batch")
+    whole = tmp_path / f"whole{suffix}"
+    batch_predict(model=tag, input=tmp_path / "points.npz", output=whole)
+    out = tmp_path / f"merged{suffix}"
+    for i in range(3):
+        batch_predict(
+            model=tag, input=tmp_path / "points.npz", output=out, chunk_index=i, chunk_count=3
+        )
+    assert merge_parts(part_paths(out, 3), out).rows == 50
+    if suffix == ".npz":
+        with np.load(whole) as a, np.load(out) as b:
+            np.testing.assert_array_equal(a["scores"], b["scores"])
+    else:
+        pd.testing.assert_frame_equal(pd.read_parquet(whole), pd.read_parquet(out))
+
+
+def test_batch_of_a_model_naming_no_plugin_says_how_to_give_one(tmp_path: Path) -> None:
+    directory = tmp_path / "by-hand"
+    directory.mkdir()
+    np.save(directory / "centroids.npy", np.zeros((2, 2)))
+    (directory / "metadata.json").write_text("{}")
+    tag = "centroids-hand:v1"
+    if not store.exists(tag):
+        staging.register(directory, tag=tag, labels={})
+    np.savez(tmp_path / "in.npz", x=np.zeros((3, 2), dtype=np.float32))
+    with pytest.raises(DataError, match=r"names no retraining plugin .* give the plugin"):
+        batch_predict(model=tag, input=tmp_path / "in.npz", output=tmp_path / "o.npz")
+    result = CliRunner().invoke(
+        batch_predict_command,
+        [tag, str(tmp_path / "in.npz"), str(tmp_path / "o.npz"), "--plugin", f"{HERE}:CENTROIDS"],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"scored 3 rows with {tag}" in result.output
