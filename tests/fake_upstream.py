@@ -36,7 +36,7 @@ def make_app(delay: float, score: float, version: str) -> web.Application:
         return web.Response(text="ok")
 
     app = web.Application()
-    app.router.add_post("/v2/models/{name}/versions/{v}/infer", infer)
+    app.router.add_post("/v2/models/{name}/infer", infer)
     app.router.add_get("/readyz", ready)
     return app
 

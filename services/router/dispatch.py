@@ -186,7 +186,7 @@ class Router:
     ) -> None:
         """Model metadata or readiness: the version's own answer, labelled like inference."""
         arm, target = pin or (Arm.STABLE, route.stable)
-        url = f"{target.url}/v2/models/{name}/versions/{target.version}"
+        url = f"{target.url}/v2/models/{name}"  # unversioned, as for inference (kinds.py)
         reply = await self.client.call(
             target, url, "GET", b"", {}, route.timeout_ms, ready=action == "ready"
         )

@@ -41,7 +41,9 @@ class RequestKind:
 
 
 def _infer_url(target: Upstream, model: str) -> str:
-    return f"{target.url}/v2/models/{model}/versions/{target.version}/infer"
+    # Unversioned: each version has a URL of its own, and KServe's ModelServer answers 501 to
+    # the /versions/{v} forms (sdk/CONTRACT.md).
+    return f"{target.url}/v2/models/{model}/infer"
 
 
 def _infer_rows(body: bytes, headers: Mapping[str, str]) -> int | None:

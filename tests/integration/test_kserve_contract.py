@@ -135,11 +135,6 @@ def sample(metrics: str, name: str, **labels: str) -> float:
     return total
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the router calls /v2/models/{name}/versions/{v}/... on every upstream, and KServe "
-    "0.21 answers 501 for any version in the path (test above)",
-)
 def test_router_serves_a_kserve_stable_and_an_sdk_candidate(
     tmp_path: Path, kserve, sdk, versions
 ) -> None:
