@@ -166,8 +166,15 @@ def _rollback_target(
 
 def _replacing(old: Any, new: Any) -> Any:
     """``new`` as a merge patch over ``old``: keys ``old`` has and ``new`` lacks become null."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
+    if not isinstance(new, dict):
         return new
-    out = {key: _replacing(old.get(key), value) for key, value in new.items()}
+    if not isinstance(old, dict):
+        old = {}
+    # An unset optional field that was unset before says nothing: leave it out.
+    out = {
+        key: _replacing(old.get(key), value)
+        for key, value in new.items()
+        if value is not None or old.get(key) is not None
+    }
     out.update({key: None for key in old if key not in new})
     return out
