@@ -67,7 +67,7 @@ typecheck: $(STAMP)
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-unit: $(STAMP) prometheus tools
+unit: $(STAMP) prometheus tools kube-tools
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck contracts unit
@@ -86,7 +86,8 @@ clean:
 
 # kube-apiserver and kube-controller-manager (k8s.io/kubernetes, version pinned in tools/kube/go.mod)
 # and kine (etcd's API over sqlite or memory, tools/kube/kine/go.mod), built from Go modules into
-# .tools/kube/bin; tools/kube/README.md says how to start them. Not part of `make test`. The cold
+# .tools/kube/bin; tools/kube/README.md says how to start them. `make test` needs them: the tests
+# marked `cluster` run against them (tests/k8s/cluster.py starts and stops them). The cold
 # build takes about 9 minutes on 2 cores; the stamp makes a second run do nothing, and a rebuild
 # with Go's cache warm takes seconds. Go's caches stay at their defaults, outside the work tree:
 # GOCACHE (`go env GOCACHE`, /root/.cache/go-build here, about 2 GB after this build) and
