@@ -70,7 +70,7 @@ def exported_metrics() -> set[str]:
             "histogram": ["_bucket", "_sum", "_count"],
         }.get(family.type, [""])
         names |= {family.name + s for s in suffixes}
-    monitor = (ROOT / "services" / "model" / "monitor.py").read_text()
+    monitor = (ROOT / "sdk" / "turnout_sdk" / "monitor.py").read_text()
     names |= set(re.findall(r'name="(turnout_model_[a-z_]+)"', monitor))
     return names
 

@@ -451,12 +451,6 @@ _DELETE = object()
             id="time-not-rfc3339",
         ),
         pytest.param(
-            _set("status.checks.0.value", _DELETE),
-            ("status.checks.0", "required"),
-            "status.checks.0.value",
-            id="check-without-value",
-        ),
-        pytest.param(
             _set("status.experiment.ci", [0.1]),
             ("status.experiment.ci", "minItems"),
             "status.experiment.ci",

@@ -30,6 +30,7 @@ Pure: functions return dicts and text; ``turnout render crd`` writes the file.
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -259,7 +260,24 @@ def openapi_schema() -> dict[str, Any]:
     for rule in RULES:
         node = _at(root, rule.at)
         node.setdefault("x-kubernetes-validations", []).append(rule.validation())
+    _write_defaults_in_full(root)
     return root
+
+
+def _write_defaults_in_full(node: dict[str, Any]) -> None:
+    """Each object's default with its fields' defaults filled in: the API server checks a
+    default against the CEL rules as written, so ``default: {}`` under a rule reading
+    ``self.minReplicas`` makes the whole CRD invalid ("no such key: minReplicas")."""
+    if isinstance(node.get("default"), dict):
+        node["default"] = defaulted(node, node["default"])
+    children = [
+        *node.get("properties", {}).values(),
+        node.get("items"),
+        node.get("additionalProperties"),
+    ]
+    for child in children:
+        if isinstance(child, dict):
+            _write_defaults_in_full(child)
 
 
 def crd() -> dict[str, Any]:
@@ -319,6 +337,11 @@ class _Dumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+# kubectl and helm read YAML 1.1, where a bare y or n is a boolean: the schema's property `n`
+# (an A/B arm's count) would reach the API server as "false". Written quoted instead.
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
 
 
 # --- JSON Schema -> structural schema ----------------------------------------------------

@@ -443,7 +443,7 @@ class Routing(_Spec):
 class Check(_Spec):
     name: str
     #: None when there was no data to compute it.
-    value: float | None
+    value: float | None = None
     threshold: float
     #: "max" (value must not exceed threshold) or "min".
     kind: Literal["max", "min"] = "max"
