@@ -26,6 +26,8 @@ STORIES = (
     "11. digits canary: Promoted: digits",
     "12. digits confused: RolledBack: shadowAgreement (top class)",
     "13. digits shuffled A/B: RolledBack (StableWon",
+    "14. digits retrain: gate",
+    "15. digits batch: 500 images scored",
 )
 
 

@@ -1,6 +1,6 @@
 """`turnout demo`: scripted rollout stories against the real local platform.
 
-Thirteen stories run in order on the processes `turnout up` runs (Prometheus, the controller
+Fifteen stories run in order on the processes `turnout up` runs (Prometheus, the controller
 loop with its model servers, the router) under synthetic traffic, and each must end as it
 should. Nine roll out the built-in fraud model:
 
@@ -14,7 +14,7 @@ should. Nine roll out the built-in fraud model:
    and the candidate it proposes is canaried and promoted;
 9. a retrained model failing the gate is neither registered nor proposed.
 
-Four roll out a second model of another kind beside it, a user's digits classifier served
+Six roll out a second model of another kind beside it, a user's digits classifier served
 through the serving SDK (turnout/cli/demo_digits.py says which).
 
 Every rollout goes through `turnout deploy`. The broken candidates are real: model versions
@@ -307,11 +307,13 @@ def nan_scores(demo: Demo) -> Verdict:
 
 
 def slow(demo: Demo) -> Verdict:
-    """Three times stable's latency: a delay of twice stable's p99, at least 5 ms."""
+    """At least three times stable's latency: a delay of three times stable's p99 (at least
+    5 ms), so that a busy machine, which raises stable's p99 between the measurement here and
+    the analysis, still leaves the ratio above the limit of 2."""
     stable = demo.store.state(MODEL).status.routing.stable
     assert stable is not None
     p99, how = _stable_p99_ms(demo.platform, stable.version, stable.url)
-    delay = max(5, math.ceil(2 * p99))
+    delay = max(5, math.ceil(3 * p99))
     click.echo(f"  stable {stable.version} p99 {p99:.1f} ms ({how}): candidate delay {delay} ms")
     env = f"TURNOUT_FAULT_DELAY_MS={delay}"
     return demo.broken(demo.healthy_candidate(), {"latencyRatio", "latencyP99Ms"}, "--env", env)
@@ -412,7 +414,7 @@ def retrain_on_drift(demo: Demo) -> Verdict:
     proposes is canaried by the controller like any other, and promoted."""
     import json
 
-    _canary_policy(demo)
+    canary_policy(demo)
     run_dir = demo.store.dir.parent / "runs" / f"drift-{RETRAINED}"
     since = datetime.now(UTC)
     code = run_pipeline(run_dir, f"version={RETRAINED}", f"drift={DRIFT}", f"day={DRIFT_DAY}")
@@ -453,7 +455,7 @@ def gate_refuses(demo: Demo) -> Verdict:
     )
 
 
-def _canary_policy(demo: Demo) -> None:
+def canary_policy(demo: Demo) -> None:
     """Candidates the pipeline proposes are rolled out by the deployment's strategy."""
     from turnout.core.spec import ModelDeployment, StrategyType
 
@@ -471,14 +473,17 @@ def _canary_policy(demo: Demo) -> None:
         )
         return md.model_copy(update={"spec": md.spec.model_copy(update={"strategy": strategy})})
 
-    demo.store.update(MODEL, canary)
-    click.echo(f"  {MODEL}'s strategy for proposed candidates: canary {CANARY_STEPS}")
+    demo.store.update(demo.model, canary)
+    click.echo(f"  {demo.model}'s strategy for proposed candidates: canary {CANARY_STEPS}")
 
 
 def run_pipeline(run_dir: Path, *params: str) -> int:
     """`turnout pipeline run retrain` as a user runs it; its exit code."""
     args = ["pipeline", "run", "retrain", "--run-dir", str(run_dir)]
-    args += [a for p in (f"model={MODEL}", f"rows={TRAIN_ROWS}", *params) for a in ("-p", p)]
+    defaults: tuple[str, ...] = (f"model={MODEL}", f"rows={TRAIN_ROWS}")
+    if any(p.startswith("model=") for p in params):  # another model's run: its own data
+        defaults = ()
+    args += [a for p in (*defaults, *params) for a in ("-p", p)]
     click.echo(f"$ turnout {' '.join(args)}")
     done = subprocess.run([sys.executable, "-m", "turnout", *args], check=False)
     return done.returncode
@@ -526,6 +531,14 @@ STORIES = (
         model=digits.DIGITS,
         deadline_s=AB_NO_LIFT_DEADLINE_S,
     ),
+    Story(
+        "digits retrain",
+        "its own gate passed, proposed, Promoted",
+        digits.retrain,
+        model=digits.DIGITS,
+        deadline_s=RETRAIN_DEADLINE_S,
+    ),
+    Story("digits batch", "a file of images scored", digits.batch, model=digits.DIGITS),
 )
 
 
