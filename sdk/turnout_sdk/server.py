@@ -25,10 +25,12 @@ import asyncio
 import gc
 import inspect
 import logging
+import os
 import random
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import bentoml
 import numpy as np
@@ -348,7 +350,10 @@ def model_server(
         def __init__(self: Any) -> None:
             if "torch" in sys.modules:  # torch's default is every core, per worker
                 sys.modules["torch"].set_num_threads(settings.torch_threads)
-            original_init(self)
+            try:
+                original_init(self)
+            except Exception as exc:
+                _give_up(cls.__name__, exc)
             resolved: Any = getattr(self, attribute)  # on an instance: the stored model
             self.turnout = Runtime(
                 service=self,
@@ -399,6 +404,18 @@ def model_server(
         return svc
 
     return wrap
+
+
+def _give_up(service: str, exc: Exception) -> NoReturn:
+    """A model that cannot load will not load on the next try either: BentoML would restart
+    the worker forever, so the whole server stops, non-zero, with the reason in its log."""
+    reason = f"{type(exc).__name__}: {exc}"
+    log.error("%s cannot start: %s; stopping the server", service, reason)
+    print(f"turnout: {service} cannot start: {reason}", file=sys.stderr, flush=True)
+    parent = os.getppid()
+    if parent > 1:
+        os.kill(parent, signal.SIGKILL)  # BentoML's arbiter: no restart, a non-zero exit
+    os._exit(3)
 
 
 def _model_attribute(cls: type) -> str:
