@@ -9,6 +9,7 @@ Two layers, as in the rest of turnout:
   status write never takes a model off the air; an object the controller has not reconciled
   yet (no ``status.routing.stable``) routes nothing. Two objects claiming one model name: the
   first seen serves it, the other is reported, and takes over if the first is deleted.
+  :func:`standing` says whether any of those problems still holds.
 - **I/O** (:class:`KubeRouteSource`): per watched scope (one namespace, or all of them), a
   thread lists, then watches from the list's resourceVersion, re-watching when a watch times
   out, relisting on 410 Gone, and backing off (exponentially, capped) on any other API error.
@@ -16,6 +17,11 @@ Two layers, as in the rest of turnout:
   asyncio loop with ``call_soon_threadsafe``, in the order they were computed, so the Router
   is only ever touched from its own loop. ``run_once()`` runs one step of every scope on the
   caller's thread (callbacks called directly), which is how the tests drive it.
+
+The router shows the last problem on ``GET /routes`` until it is handed a table. So when the
+last standing problem goes (the bad status corrected, possibly back to the very routing it
+had, or the API answering again) the table is handed over again even if unchanged: otherwise
+the router would go on reporting a problem that no longer exists.
 
 The table handed over is ``None`` when no model is routed (none deployed yet, or the last
 ModelDeployment was deleted): a RouteTable needs at least one model. The first list always
@@ -70,6 +76,8 @@ class Routes:
     entries: Mapping[Key, Entry] = field(default_factory=dict)
     #: The object serving each model name: the first one seen that claims it.
     owners: Mapping[str, Key] = field(default_factory=dict)
+    #: Objects whose latest version was refused (their last good entry is kept), and why.
+    rejected: Mapping[Key, str] = field(default_factory=dict)
 
 
 def key_of(obj: Obj) -> Key:
@@ -139,19 +147,21 @@ def admit(routes: Routes, obj: Obj) -> tuple[Routes, list[str]]:
     try:
         entry = entry_of(obj)
     except SpecError as exc:
-        return routes, [str(exc)]
+        rejected = {**routes.rejected, key: str(exc)}
+        return Routes(routes.entries, routes.owners, rejected), [str(exc)]
     entries = {**routes.entries, key: entry}
     owners = dict(routes.owners)
+    rejected = {k: why for k, why in routes.rejected.items() if k != key}
     old = routes.entries.get(key)
     if old is not None and old.model != entry.model and owners.get(old.model) == key:
         _hand_over(entries, owners, old.model)
     owner = owners.setdefault(entry.model, key)
     if owner != key:
-        return Routes(entries, owners), [
+        return Routes(entries, owners, rejected), [
             f"{named(key)}: spec.model: model {entry.model!r} is already served by "
             f"ModelDeployment {named(owner)}; this one is ignored while that one exists"
         ]
-    return Routes(entries, owners), []
+    return Routes(entries, owners, rejected), []
 
 
 def forget(routes: Routes, obj: Obj) -> Routes:
@@ -160,14 +170,15 @@ def forget(routes: Routes, obj: Obj) -> Routes:
 
 
 def _drop(routes: Routes, key: Key) -> Routes:
+    rejected = {k: why for k, why in routes.rejected.items() if k != key}
     old = routes.entries.get(key)
     if old is None:
-        return routes
+        return Routes(routes.entries, routes.owners, rejected)
     entries = {k: e for k, e in routes.entries.items() if k != key}
     owners = dict(routes.owners)
     if owners.get(old.model) == key:
         _hand_over(entries, owners, old.model)
-    return Routes(entries, owners)
+    return Routes(entries, owners, rejected)
 
 
 def resync(
@@ -175,7 +186,7 @@ def resync(
 ) -> tuple[Routes, list[str]]:
     """A fresh list of one scope (None: every namespace): what is not in it was deleted."""
     present = {key_of(obj) for obj in objs}
-    for key in list(routes.entries):
+    for key in [*routes.entries, *routes.rejected]:
         if (namespace is None or key[0] == namespace) and key not in present:
             routes = _drop(routes, key)  # before admitting, so a duplicate can take over
     errors: list[str] = []
@@ -183,6 +194,14 @@ def resync(
         routes, found = admit(routes, obj)
         errors += found
     return routes, errors
+
+
+def standing(routes: Routes) -> bool:
+    """Whether some object's problem still holds: its latest version refused, or its model
+    served by another object."""
+    return bool(routes.rejected) or any(
+        routes.owners.get(entry.model) != key for key, entry in routes.entries.items()
+    )
 
 
 def table_of(routes: Routes) -> RouteTable | None:
@@ -247,6 +266,10 @@ class KubeRouteSource:
         self._served: RouteTable | None = None
         #: A table (perhaps None: nothing routed) was handed over at least once.
         self._synced = False
+        #: The router was handed a problem after the last table: it shows it on /routes.
+        self._error_shown = False
+        #: Scopes whose last API call failed (None: all namespaces).
+        self._failing: set[str | None] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
 
@@ -305,9 +328,9 @@ class KubeRouteSource:
 
     def _list(self, cursor: _Cursor) -> None:
         items, resource_version = self.kube.list_deployments(cursor.namespace)
-        self._apply(lambda routes: resync(routes, items, namespace=cursor.namespace))
-        cursor.resource_version = resource_version
         cursor.failures = 0
+        self._apply(lambda routes: resync(routes, items, namespace=cursor.namespace), cursor)
+        cursor.resource_version = resource_version
 
     def _watch(self, cursor: _Cursor) -> None:
         assert cursor.resource_version is not None
@@ -320,14 +343,17 @@ class KubeRouteSource:
             cursor.failures = 0
             self._handle(cursor, event)
         cursor.failures = 0  # ended by its timeout: the next step watches again from here
+        self._answered(cursor)
 
     def _handle(self, cursor: _Cursor, event: WatchEvent) -> None:
         if event.type in ("ADDED", "MODIFIED"):
-            self._apply(lambda routes: admit(routes, event.object))
+            self._apply(lambda routes: admit(routes, event.object), cursor)
         elif event.type == "DELETED":
-            self._apply(lambda routes: (forget(routes, event.object), []))
-        elif event.type != "BOOKMARK":
-            log.warning("ignoring a %s watch event on ModelDeployments", event.type)
+            self._apply(lambda routes: (forget(routes, event.object), []), cursor)
+        else:
+            if event.type != "BOOKMARK":
+                log.warning("ignoring a %s watch event on ModelDeployments", event.type)
+            self._answered(cursor)
         meta = event.object.get("metadata") or {}
         if meta.get("resourceVersion"):
             cursor.resource_version = str(meta["resourceVersion"])
@@ -337,21 +363,35 @@ class KubeRouteSource:
         cursor.failures += 1
         log.warning("%s; retrying in %.1fs", message, delay)
         with self._lock:
+            self._failing.add(cursor.namespace)
             self._deliver(self._on_error, message)
+            self._error_shown = True
         self._sleep(delay)
+
+    def _answered(self, cursor: _Cursor) -> None:
+        """The API server answered this scope: an error it reported before no longer stands."""
+        if cursor.namespace in self._failing:  # only this scope's thread adds it
+            self._apply(lambda routes: (routes, []), cursor)
 
     # --- hand-over to the router ------------------------------------------------------------
 
-    def _apply(self, change: Callable[[Routes], tuple[Routes, list[str]]]) -> None:
+    def _apply(self, change: Callable[[Routes], tuple[Routes, list[str]]], cursor: _Cursor) -> None:
+        """Make a change that ``cursor``'s scope heard from the API server."""
         with self._lock:
+            self._failing.discard(cursor.namespace)
             self._routes, errors = change(self._routes)
             table = table_of(self._routes)
-            if table != self._served or not self._synced:
+            # The router shows its last problem until it gets a table; hand it over again
+            # when none stands any more.
+            gone = self._error_shown and not (standing(self._routes) or self._failing)
+            if table != self._served or not self._synced or gone:
                 self._served, self._synced = table, True
                 self._deliver(self._on_table, table)
+                self._error_shown = False
             for error in errors:  # after the table: Router.set_table clears its last error
                 log.error("ModelDeployment rejected, its previous route is kept: %s", error)
                 self._deliver(self._on_error, error)
+                self._error_shown = True
 
     def _deliver(self, callback: Callable[[Any], None], value: Any) -> None:
         """Run ``callback(value)`` on the router's loop (directly when not started)."""

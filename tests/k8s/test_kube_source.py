@@ -438,6 +438,52 @@ def test_router_keeps_answering_with_the_last_good_table_after_errors() -> None:
     assert errors == 2  # the bad object, then the dropped watch
 
 
+def test_routes_stops_reporting_a_problem_once_it_no_longer_stands() -> None:
+    """A refused status corrected back to the routing the router kept, a refused new object
+    deleted, the API answering again: the table does not change, and /routes says no error."""
+    kube = FakeKube(namespace="prod")
+    kube.add_deployment(md("fraud", candidate="v2", weight=25))
+    bad_new = md("churn")
+    bad_new["status"]["routing"]["stable"]["url"] = "churn:3000"
+    kube.streams = [
+        [event("MODIFIED", md("fraud", candidate="v2", weight=150))],
+        [event("MODIFIED", md("fraud", candidate="v2", weight=25))],  # the operator's next pass
+        [event("ADDED", bad_new)],
+        [event("MODIFIED", md("fraud", candidate="v2", weight=25))],  # unrelated: churn stands
+        [event("DELETED", bad_new)],
+        [KubeError(0, "connection reset by peer")],
+        [bookmark("900")],  # the next watch answers
+        [KubeError(0, "connection reset by peer")],
+        [],  # ... or ends quietly at its timeout
+    ]
+    router = Router()
+    source = KubeRouteSource(
+        kube, ["prod"], on_table=table_setter(router), on_error=router.reject_table,
+        sleep=lambda _: None,
+    )  # fmt: skip
+    source.run_once()
+
+    def after_step() -> str | None:
+        source.run_once()
+        routes = get(router, "/routes").json()
+        assert routes["table"]["models"]["fraud"]["candidate"]["weight"] == 25
+        assert list(routes["table"]["models"]) == ["fraud"]
+        error: str | None = routes["lastError"]
+        return error
+
+    assert (after_step() or "").startswith("prod/fraud: status.routing.candidate.weight")
+    assert after_step() is None
+    assert (after_step() or "").startswith("prod/churn: status.routing.stable.url")
+    assert (after_step() or "").startswith("prod/churn: status.routing.stable.url")
+    assert after_step() is None
+    assert "connection reset by peer" in (after_step() or "")
+    assert after_step() is None
+    assert "connection reset by peer" in (after_step() or "")
+    assert after_step() is None
+    errors = router.metrics.registry.get_sample_value("turnout_router_route_errors_total")
+    assert errors == 4  # each problem counted once
+
+
 class BlockingKube(FakeKube):
     """A watch that waits, like a real one with nothing to report, until released."""
 
