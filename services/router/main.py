@@ -83,6 +83,7 @@ def table_setter(router: Router) -> Callable[[RouteTable | None], None]:
         router.table = None
         router.routes_nothing = True
         router.loaded_at = datetime.now(UTC)
+        router.last_error = None  # handed a (empty) table: no problem stands any more
         log.warning("route table empty: no ModelDeployment routes traffic yet")
 
     return apply
