@@ -380,3 +380,13 @@ def test_local_cli_refusals_leave_the_file_alone(
     assert message in result.output
     assert "Traceback" not in result.output
     assert store.path("fraud").read_text() == before
+
+
+def test_rollback_to_a_past_version_serves_it_as_it_was_served() -> None:
+    """A user's model keeps its own service: history records it and rollback restores it."""
+    past = HistoryEntry(
+        version="v2", image="reg/digits:v2", service="/srv/digits", promoted_at=T, reason="x"
+    )
+    done = actions.rollback(spec(candidate=None), name="digits", history=[past], to="v2")
+    assert done.spec.stable.version == "v2"
+    assert done.spec.stable.service == "/srv/digits"

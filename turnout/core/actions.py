@@ -93,7 +93,7 @@ def rollback(
         f"stable {spec.stable.version} -> {target.version} "
         f"(served as stable since {target.promoted_at:%Y-%m-%d %H:%M})"
     )
-    ref = VersionRef(version=target.version, image=target.image)
+    ref = VersionRef(version=target.version, image=target.image, service=target.service)
     return Change(spec=spec.model_copy(update={"stable": ref}), said=tuple(said))
 
 

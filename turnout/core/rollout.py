@@ -345,7 +345,9 @@ def _promotion_pending(ctx: _Ctx) -> bool:
 def _push_history(
     history: list[HistoryEntry], ref: VersionRef, now: datetime, reason: str
 ) -> list[HistoryEntry]:
-    entry = HistoryEntry(version=ref.version, image=ref.image, promoted_at=now, reason=reason)
+    entry = HistoryEntry(
+        version=ref.version, image=ref.image, service=ref.service, promoted_at=now, reason=reason
+    )
     return [entry, *history][:HISTORY_LIMIT]
 
 

@@ -493,6 +493,8 @@ class Experiment(_Spec):
 class HistoryEntry(_Spec):
     version: str
     image: str | None = None
+    #: What served it locally (spec.*.service), so a rollback to it serves it the same way.
+    service: str | None = None
     promoted_at: datetime
     reason: str
 
