@@ -66,7 +66,7 @@ async def ready(request):
     return web.Response(text="ok")
 
 app = web.Application()
-app.router.add_post("/v2/models/{name}/versions/{v}/infer", infer)
+app.router.add_post("/v2/models/{name}/infer", infer)
 app.router.add_get("/readyz", ready)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
