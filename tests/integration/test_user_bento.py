@@ -69,8 +69,9 @@ def digits_version() -> str:
 
 
 @pytest.fixture(scope="module")
-def not_a_fraud_model() -> str:
-    """A model stored as fraud:vbad that holds no fraud network."""
+def not_a_fraud_model() -> Iterator[str]:
+    """A model stored as fraud:vbad that holds no fraud network; removed afterwards, since
+    the store is shared and it would otherwise become every later test's fraud:latest."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -79,7 +80,8 @@ def not_a_fraud_model() -> str:
     except NotFound:
         with bentoml.models.create("fraud:vbad") as model:
             Path(model.path, "weights.txt").write_text("not a network")
-    return "vbad"
+    yield "vbad"
+    bentoml.models.delete("fraud:vbad")
 
 
 @pytest.fixture(scope="module")
