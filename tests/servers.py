@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,3 +136,24 @@ def served(tag: str):  # type: ignore[no-untyped-def]
     base = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "turnout", "serve", tag, "--port", str(port)]
     return base, process(args, f"{base}/readyz", f"serve-{port}.log")
+
+
+def turnout(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """A `turnout` command as a user runs it, with its own TURNOUT_HOME."""
+    return subprocess.run(
+        [sys.executable, "-m", "turnout", *args],
+        env={**os.environ, "TURNOUT_HOME": str(home)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Wait until ``check()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -8,43 +8,21 @@ rejected while traffic keeps flowing, and `turnout rollback` empties the candida
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.servers import ROOT, free_port
+from tests.servers import eventually, free_port, turnout
 from turnout.cli.platform import LocalPlatform
 from turnout.cli.traffic import Traffic
 from turnout.io.deployments import DeploymentStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
-
-
-def turnout(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "turnout", *args],
-        env={**os.environ, "TURNOUT_HOME": str(home)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

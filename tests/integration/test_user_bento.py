@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,32 +25,13 @@ import pytest
 
 from services.controller.local import LocalController
 from services.controller.supervisor import MAX_FAILED_STARTS, Supervisor
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, eventually, free_port, turnout
 from turnout.cli.platform import LocalPlatform
 from turnout.core.observation import Metrics, MetricsQuery
 from turnout.core.spec import Phase, parse_deployment
 from turnout.io.deployments import DeploymentStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def turnout(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "turnout", *args],
-        env={**os.environ, "TURNOUT_HOME": str(home)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
