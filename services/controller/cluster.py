@@ -14,9 +14,11 @@ deployment's InferenceServices changes. One pass:
 3. **decide** as the laptop's loop does (decisions.py: the pure ``decide()``, metrics read
    only when an analysis is due); only Ready InferenceServices count as endpoints.
 4. **apply**: one status patch (only if the status changed), then a spec write-back when the
-   rollout promoted or ended (with ``resourceVersion``, so a concurrent edit wins and the next
-   pass decides again), the action annotation cleared, the decision's events, and its line in
-   the log.
+   rollout promoted or ended, the action annotation cleared, the decision's events, and its
+   line in the log. Both writes carry the ``resourceVersion`` they follow (the status patch
+   the one fetched), so an edit made while deciding wins: the API server answers 409, nothing
+   more of the pass is written, and the next pass decides again on the edited spec. (A 409
+   caused only by kopf's own annotations, which leave spec and action alone, is retried.)
 
 The status is written before the spec: a promotion recorded in status with the spec still
 naming the candidate is a state ``decide()`` recognises (the write-back is pending); the
@@ -111,6 +113,8 @@ class ClusterController:
         )
         decision = _with_sync(decision, status, problems, now, events)
         landed = self._apply(obj, md, status, decision)
+        if landed is None:  # decided on a stale read: nothing of this pass happened
+            return Outcome(status, RETRY_S)
         key = f"{namespace}/{name}"
         for type_, reason, message in events:
             decisions.log_event(log, key, type=type_, reason=reason, message=message)
@@ -236,14 +240,19 @@ class ClusterController:
 
     def _apply(
         self, obj: Obj, md: ModelDeployment, old: ModelDeploymentStatus, decision: Decision
-    ) -> bool:
-        """Write the decision; False when the spec write-back lost to a concurrent edit."""
+    ) -> bool | None:
+        """Write the decision. None when the object changed since it was read (nothing
+        written); False when only the spec write-back lost to a concurrent edit."""
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         if decision.status != old or not obj.get("status"):
-            meta = self.kube.patch_deployment_status(namespace, name, dump(decision.status))[
-                "metadata"
-            ]
+            written = self._write_status(obj, decision.status)
+            if written is None:
+                log.info(
+                    "%s/%s changed while deciding; the next pass decides again", namespace, name
+                )
+                return None
+            meta = written["metadata"]
         patch: dict[str, Any] = {}
         if decision.spec is not None and decision.spec != md.spec:
             # Map keys the new spec drops are nulled: a promoted stable must not inherit the
@@ -264,6 +273,37 @@ class ClusterController:
             log.error("%s/%s: spec write-back failed: %s", namespace, name, exc)
             return False
         return True
+
+    def _write_status(self, obj: Obj, status: ModelDeploymentStatus) -> Obj | None:
+        """Patch the status over the object as read; None, writing nothing, when what the
+        decision rests on has changed since (say, a new candidate edited in meanwhile).
+
+        Writes that only touch other metadata (kopf's own annotations and finalizer, which
+        it writes around each handler) are no reason to decide again: the patch is retried
+        over them."""
+        meta = obj["metadata"]
+        namespace, name, version = meta["namespace"], meta["name"], meta["resourceVersion"]
+        for _ in range(3):
+            try:
+                return self.kube.patch_deployment_status(
+                    namespace, name, dump(status), resource_version=version
+                )
+            except Conflict:
+                try:
+                    fresh = self.kube.get_deployment(namespace, name)
+                except NotFound:
+                    return None
+                if _decided_on(fresh) != _decided_on(obj):
+                    return None
+                version = fresh["metadata"]["resourceVersion"]
+        return None
+
+
+def _decided_on(obj: Obj) -> tuple[Any, ...]:
+    """What a pass's decision depends on besides status (only the operator writes it): the
+    spec, whose every change moves the generation, and the action annotation."""
+    meta = obj["metadata"]
+    return meta.get("generation"), (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
 
 
 def _status(obj: Obj) -> ModelDeploymentStatus:

@@ -127,9 +127,13 @@ class FakeKube:
         self.deployments[(namespace, name)] = new
         return copy.deepcopy(new)
 
-    def patch_deployment_status(self, namespace: str, name: str, status: Obj) -> Obj:
+    def patch_deployment_status(
+        self, namespace: str, name: str, status: Obj, *, resource_version: str | None = None
+    ) -> Obj:
         obj = self.get_deployment(namespace, name)
         self.writes.append(("patch-status", "ModelDeployment", name, copy.deepcopy(status)))
+        if resource_version is not None and resource_version != obj["metadata"]["resourceVersion"]:
+            raise Conflict(409, "the object has been modified; please apply your changes again")
         obj["status"] = merge_patch(obj.get("status", {}), status)
         obj["metadata"]["resourceVersion"] = str(next(self._rv))
         self.deployments[(namespace, name)] = obj

@@ -115,6 +115,15 @@ def test_a_stale_resource_version_is_a_conflict(stub: tuple[Stub, Kube]):
         kube.patch_deployment("risk", "fraud", {"metadata": {"resourceVersion": "1"}})
 
 
+def test_a_status_patch_can_carry_the_resource_version_it_follows(stub: tuple[Stub, Kube]):
+    s, kube = stub
+    s.answers[("PATCH", f"{MD}/fraud/status")] = (409, _status(409, "the object has been modified"))
+    with pytest.raises(Conflict, match="has been modified"):
+        kube.patch_deployment_status("risk", "fraud", {"phase": "Idle"}, resource_version="7")
+    (sent,) = s.requests
+    assert sent["body"] == {"status": {"phase": "Idle"}, "metadata": {"resourceVersion": "7"}}
+
+
 def test_inference_services_by_label_create_and_delete(stub: tuple[Stub, Kube]):
     s, kube = stub
     s.answers[("GET", ISVC)] = (200, {"items": [{"metadata": {"name": "fraud-v1"}}]})

@@ -598,6 +598,63 @@ def test_a_concurrent_edit_wins_over_the_write_back(cluster: Cluster, monkeypatc
     assert cluster.status["routing"]["stable"]["version"] == "v2"
 
 
+def test_an_edit_made_while_deciding_is_not_overwritten_by_a_stale_promotion(
+    cluster: Cluster, monkeypatch
+):
+    """The user replaces the candidate while the last analysis runs: the pass that decided on
+    the old spec writes nothing (409 on its status patch), and the next one acts on the edit."""
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    cluster.tick(after=61)
+    assert cluster.weight() == 50
+    analyse = cluster.metrics.observe
+    v3 = {"version": "v3", "image": "registry.example.com/fraud:v3"}
+
+    def edited_meanwhile(query: MetricsQuery) -> Metrics:
+        cluster.kube.patch_deployment(NS, "fraud", {"spec": {"candidate": v3}})
+        monkeypatch.setattr(cluster.metrics, "observe", analyse)
+        return analyse(query)
+
+    monkeypatch.setattr(cluster.metrics, "observe", edited_meanwhile)
+    cluster.tick(after=61)
+    assert cluster.spec["candidate"] == v3, "the edit was overwritten"
+    assert cluster.spec["stable"]["version"] == "v1"
+    assert cluster.status["phase"] == "Progressing", "the stale promotion was written"
+    assert "Promoted" not in cluster.kube.reasons()
+
+    cluster.tick(after=2)  # the pass the edit itself triggers
+    assert cluster.status["rolloutVersion"] == "v3"
+    assert cluster.isvc_names() == ["fraud-v1", "fraud-v2", "fraud-v3"]
+
+
+def test_kopfs_own_annotations_written_meanwhile_do_not_hold_the_pass(
+    cluster: Cluster, monkeypatch, caplog: pytest.LogCaptureFixture
+):
+    """kopf writes its bookkeeping annotations around each handler; a pass that raced one
+    still lands (its status patch is retried over them), the spec being unchanged."""
+    serving(cluster)
+    cluster.edit(
+        {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
+    )
+    cluster.ready("v2")
+    analyse = cluster.metrics.observe
+    note = {"metadata": {"annotations": {"kopf.turnout.dev/last-handled-configuration": "{}"}}}
+
+    def kopf_wrote_meanwhile(query: MetricsQuery) -> Metrics:
+        cluster.kube.patch_deployment(NS, "fraud", note)
+        monkeypatch.setattr(cluster.metrics, "observe", analyse)
+        return analyse(query)
+
+    monkeypatch.setattr(cluster.metrics, "observe", kopf_wrote_meanwhile)
+    with caplog.at_level(logging.INFO, logger="turnout.operator"):
+        cluster.tick(after=61)
+    assert cluster.weight() == 50
+    assert "changed while deciding" not in caplog.text
+
+
 # --- kopf wiring ------------------------------------------------------------------------------
 
 

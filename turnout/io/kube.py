@@ -82,7 +82,9 @@ class KubeApi(Protocol):
 
     def patch_deployment(self, namespace: str, name: str, patch: Obj) -> Obj: ...
 
-    def patch_deployment_status(self, namespace: str, name: str, status: Obj) -> Obj: ...
+    def patch_deployment_status(
+        self, namespace: str, name: str, status: Obj, *, resource_version: str | None = None
+    ) -> Obj: ...
 
     def list_inference_services(self, namespace: str, selector: str) -> list[Obj]: ...
 
@@ -192,7 +194,14 @@ class Kube:
             _content_type="application/merge-patch+json",
         )
 
-    def patch_deployment_status(self, namespace: str, name: str, status: Obj) -> Obj:
+    def patch_deployment_status(
+        self, namespace: str, name: str, status: Obj, *, resource_version: str | None = None
+    ) -> Obj:
+        """A JSON merge patch of the status; with ``resource_version``, a Conflict if the
+        object changed since (status and spec share one resourceVersion)."""
+        body: Obj = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         return self._call(
             self._custom.patch_namespaced_custom_object_status,
             GROUP,
@@ -200,7 +209,7 @@ class Kube:
             namespace,
             PLURAL,
             name,
-            {"status": status},
+            body,
             _content_type="application/merge-patch+json",
         )
 
