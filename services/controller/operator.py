@@ -161,8 +161,11 @@ def register(handlers: Handlers, registry: kopf.OperatorRegistry) -> None:
     async def on_tick(namespace: str | None, name: str, **_: Any) -> None:
         await handlers.tick(namespace or "", name)
 
-    # Deletion as a plain event, not kopf.on.delete: no finalizer, so deleting a
-    # ModelDeployment never waits for the operator (owner references remove its versions).
+    # Deletion as a plain event, not kopf.on.delete: no handler of ours holds a deletion up.
+    # The timer above does: kopf gives every object with a timer its finalizer
+    # (kopf.zalando.org/KopfFinalizerMarker) so that it can stop the timer first. A running
+    # operator lets go at once; with none running, a deleted ModelDeployment stays
+    # Terminating (and, deleted in the background, keeps its InferenceServices) until one runs.
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def on_deployment_event(
         namespace: str | None, name: str, type: str | None, **_: Any
