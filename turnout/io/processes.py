@@ -75,7 +75,7 @@ def serve_command(
     cmd = [
         sys.executable,
         "-m",
-        "bentoml",
+        "turnout.io.bentoml_serve",  # `bentoml serve`, with workers that die with it
         "serve",
         service or DEFAULT_SERVICE,
         "--host",
