@@ -13,11 +13,14 @@ export TURNOUT_HOME ?= $(CURDIR)/.turnout
 venv: $(STAMP)
 
 # torch==2.13.0 from PyPI brings its NVIDIA wheels (about 3 GB, once: pip's cache makes the
-# next install quick); constraints.txt pins every transitive dependency.
+# next install quick); constraints.txt pins every transitive dependency. On a CPU-only machine
+# `make up TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build of the
+# same version instead (2.13.0+cpu satisfies the ==2.13.0 pin), about 200 MB.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml sdk/pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "turnout needs Python 3.11, found " + sys.version.split()[0]'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e ./sdk
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
