@@ -19,16 +19,16 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from services.router.asgi import header, read_body, respond
 from services.router.kinds import RequestKind
 from services.router.metrics import RouterMetrics
+from services.router.upstream import BadResponse, Response, UpstreamClient, UpstreamError
 from turnout.core.assign import Arm, assign
 from turnout.core.spec import ModelRoute, Upstream
 from turnout_sdk import protocol as oip
@@ -64,17 +64,16 @@ class Client:
 
     def __init__(self, metrics: RouterMetrics) -> None:
         self.metrics = metrics
-        self._session: aiohttp.ClientSession | None = None
+        self._upstreams: UpstreamClient | None = None
+        self._request: Callable[..., Awaitable[Response]] | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
+        self._upstreams = UpstreamClient()
+        self._request = self._upstreams.request
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._upstreams is not None:
+            await self._upstreams.close()
 
     async def attempt(
         self,
@@ -106,24 +105,23 @@ class Client:
         *,
         ready: bool = False,
     ) -> Reply:
-        """One HTTP call; a timeout, a connection error or a 5xx is a failed Reply."""
+        """One HTTP call; a timeout, a connection error, a malformed reply or a 5xx is a
+        failed Reply."""
         if ready:
             url += "/ready"
-        assert self._session is not None, "router not started"
+        assert self._request is not None, "router not started"
         try:
-            async with self._session.request(
-                method,
-                url,
-                data=body if method == "POST" else None,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
-            ) as resp:
-                payload = await resp.read()
-                reply_headers = {k.lower(): v for k, v in resp.headers.items()}
-                status = resp.status
+            status, reply_headers, payload = await self._request(
+                url, method, body, headers, timeout_ms / 1000
+            )
         except TimeoutError:
             return Reply(504, b"", {}, ok=False, reason=f"{target.version} timed out")
-        except aiohttp.ClientError as exc:
+        except BadResponse:
+            reason = f"{target.version} sent a malformed response"
+            return Reply(502, b"", {}, ok=False, reason=reason)
+        except UpstreamError as exc:
+            return Reply(502, b"", {}, ok=False, reason=f"{target.version} unreachable: {exc}")
+        except OSError as exc:  # connecting failed: refused, no route, name not found
             reason = f"{target.version} unreachable: {type(exc).__name__}"
             return Reply(502, b"", {}, ok=False, reason=reason)
         if status >= 500:
