@@ -15,7 +15,6 @@ request; the one new step is a call of ``kind.upstream_url`` where a string was 
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 import uuid
@@ -25,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from services.router.access import AccessLog
 from services.router.asgi import header, read_body, respond
 from services.router.kinds import RequestKind
 from services.router.metrics import RouterMetrics
@@ -33,8 +33,6 @@ from turnout.core.assign import Arm, assign
 from turnout.core.spec import ModelRoute, Upstream
 from turnout_sdk import protocol as oip
 from turnout_sdk.http import Receive, Scope, Send
-
-access = logging.getLogger("turnout.router.access")
 
 #: Request headers passed on to the model server; everything else stays at the router.
 FORWARDED = frozenset({b"content-type", b"inference-header-content-length", b"x-request-id"})
@@ -141,6 +139,8 @@ class Forwarder:
         self._attempt = client.attempt
         self._mirror = mirror
         self._log_payloads = log_payloads
+        self._answered = metrics.answered
+        self._access = AccessLog()
 
     async def infer(
         self,
@@ -192,8 +192,11 @@ class Forwarder:
 
         elapsed = time.perf_counter() - started
         version = out["x-turnout-model-version"]
-        self.metrics.requests.labels(name, arm.value, version, str(status)).inc()
-        self.metrics.duration.labels(name, arm.value).observe(elapsed)
+        answered = self._answered(name, arm.value, version, status)
+        answered.requests.inc()
+        answered.duration.observe(elapsed)
+        if not self._access.enabled:
+            return
         record: dict[str, Any] = {
             "request_id": request_id,
             "model": name,
@@ -208,7 +211,7 @@ class Forwarder:
             record["fallback"] = reply.reason
         if self._log_payloads:
             record["payload"] = body.decode("utf-8", "replace")
-        access.info(orjson.dumps(record).decode())
+        self._access.write(record)
 
 
 def fallback(

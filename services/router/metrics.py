@@ -33,6 +33,23 @@ class Upstream:
     duration: Histogram
 
 
+@dataclass(frozen=True)
+class Answered:
+    """The children for requests answered as one (model, variant, version, code)."""
+
+    requests: Counter
+    duration: Histogram
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    """One model's children for compared shadow replies: rows by agreement, differences."""
+
+    agree: Counter
+    disagree: Counter
+    abs_diff: Histogram
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -64,6 +81,9 @@ class RouterMetrics:
             registry=r,
         )
         self._upstreams: dict[tuple[str, str, str], Upstream] = {}
+        self._answered: dict[tuple[str, str, str, int], Answered] = {}
+        self._shadow_results: dict[tuple[str, str], Counter] = {}
+        self._comparisons: dict[str, Comparisons] = {}
         self.fallbacks = Counter(
             "turnout_router_fallbacks",
             "Requests answered by the fallback after every version failed",
@@ -125,6 +145,37 @@ class RouterMetrics:
                 ok=self.upstream_calls.labels(model, variant, version, "ok"),
                 error=self.upstream_calls.labels(model, variant, version, "error"),
                 duration=self.upstream_duration.labels(model, variant, version),
+            )
+        return found
+
+    def answered(self, model: str, variant: str, version: str, code: int) -> Answered:
+        """The children for one kind of answer; created on first use, then cached (a label
+        lookup takes a lock and builds tuples: too slow for every request)."""
+        key = (model, variant, version, code)
+        found = self._answered.get(key)
+        if found is None:
+            found = self._answered[key] = Answered(
+                requests=self.requests.labels(model, variant, version, str(code)),
+                duration=self.duration.labels(model, variant),
+            )
+        return found
+
+    def shadow_result(self, model: str, result: str) -> Counter:
+        """The count of a model's mirrored requests with ``result``, cached."""
+        key = (model, result)
+        found = self._shadow_results.get(key)
+        if found is None:
+            found = self._shadow_results[key] = self.shadow_requests.labels(model, result)
+        return found
+
+    def comparisons(self, model: str) -> Comparisons:
+        """A model's comparison children, cached."""
+        found = self._comparisons.get(model)
+        if found is None:
+            found = self._comparisons[model] = Comparisons(
+                agree=self.shadow_agreement.labels(model, "true"),
+                disagree=self.shadow_agreement.labels(model, "false"),
+                abs_diff=self.shadow_abs_diff.labels(model),
             )
         return found
 

@@ -71,7 +71,7 @@ class ShadowMirror:
         if shadow.percent < 100 and random.random() * 100 >= shadow.percent:
             return
         if self._inflight >= self._max:
-            self.metrics.shadow_requests.labels(name, "dropped").inc()
+            self.metrics.shadow_result(name, "dropped").inc()
             return
         self._inflight += 1
         task = asyncio.get_running_loop().create_task(
@@ -101,14 +101,14 @@ class ShadowMirror:
             )
             if not reply.ok or reply.status != 200:
                 result = "timeout" if reply.status == 504 and not reply.body else "error"
-                self.metrics.shadow_requests.labels(name, result).inc()
+                self.metrics.shadow_result(name, result).inc()
                 return
-            self.metrics.shadow_requests.labels(name, "ok").inc()
+            self.metrics.shadow_result(name, "ok").inc()
             rows = kind.rows(body, headers)
             self._compare(name, route.comparison, kind=kind, rows=rows, replies=(primary, reply))
         except Exception:  # a shadow must never hurt the router
             log.exception("shadow call failed")
-            self.metrics.shadow_requests.labels(name, "error").inc()
+            self.metrics.shadow_result(name, "error").inc()
         finally:
             self._inflight -= 1
 
@@ -128,17 +128,18 @@ class ShadowMirror:
                 comparison, _outputs(kind, rows, primary), _outputs(kind, rows, shadow)
             )
         except ShapeMismatch:
-            self.metrics.shadow_requests.labels(name, "shape_mismatch").inc()
+            self.metrics.shadow_result(name, "shape_mismatch").inc()
             return
         except _UNREADABLE:
-            self.metrics.shadow_requests.labels(name, "unreadable").inc()
+            self.metrics.shadow_result(name, "unreadable").inc()
             return
-        observe_many(self.metrics.shadow_abs_diff.labels(name), compared.difference)
+        children = self.metrics.comparisons(name)
+        observe_many(children.abs_diff, compared.difference)
         agree = int(np.count_nonzero(compared.agree))
         if agree:
-            self.metrics.shadow_agreement.labels(name, "true").inc(agree)
+            children.agree.inc(agree)
         if len(compared.agree) - agree:
-            self.metrics.shadow_agreement.labels(name, "false").inc(len(compared.agree) - agree)
+            children.disagree.inc(len(compared.agree) - agree)
 
 
 def _outputs(kind: RequestKind, rows: int | None, reply: Reply) -> Outputs:
