@@ -1,9 +1,10 @@
 """The stable endpoint: one URL per model, traffic moved between its versions.
 
 A raw ASGI app (no framework in the hot path). ``Router`` is the entry point: it holds the route
-table, runs the lifespan, matches paths, looks the model up and answers what needs no model
-server (health, metadata passed through, errors). Inference goes to forward (arm, retry,
-fallback), good replies to shadow (mirroring), outcomes to feedback (A/B statistics).
+table, runs the lifespan, matches paths, checks the caller's API key (auth), looks the model up
+and answers what needs no model server (health, metadata passed through, errors). Inference
+goes to forward (arm, retry, fallback), good replies to shadow (mirroring), outcomes to
+feedback (A/B statistics).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.router.asgi import error, header, respond
+from services.router.auth import OPEN_PATHS, Auth
 from services.router.feedback import Feedback
 from services.router.forward import RETURNED, Client, Forwarder, Pin
 from services.router.kinds import INFER, PREDICT
 from services.router.metrics import RouterMetrics
 from services.router.shadow import SHADOW, ShadowMirror
 from turnout import __version__
+from turnout.core.api_keys import Action, ApiKey, Denied, permit
 from turnout.core.assign import Arm
 from turnout.core.spec import ModelRoute, RouteTable
 from turnout_sdk.http import Receive, Scope, Send
@@ -40,6 +43,8 @@ class Router:
         self.loaded_at: datetime | None = None
         self.source = ""
         self.last_error: str | None = None
+        #: API keys in force; None: authentication is off (no --api-keys).
+        self.auth: Auth | None = None
         self.client = Client(self.metrics)
         self.shadow = ShadowMirror(
             self.client.attempt, self.metrics, max_inflight=shadow_max_inflight
@@ -85,6 +90,7 @@ class Router:
             "loadedAt": self.loaded_at.isoformat() if self.loaded_at else None,
             "lastError": self.last_error,
             "table": self.table.model_dump(mode="json", by_alias=True) if self.table else None,
+            "auth": self.auth.describe() if self.auth else {"enabled": False},
         }
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -106,14 +112,33 @@ class Router:
             return
         path: str = scope["path"]
         method: str = scope["method"]
+        if path in OPEN_PATHS and method == "GET":
+            await self._open(send, path)
+            return
+        key: ApiKey | None = None
+        if self.auth is not None:
+            found = self.auth.identify(scope)
+            if isinstance(found, Denied):
+                await self.auth.refuse(send, found)
+                return
+            key = found
         parts = path.strip("/").split("/")
         if parts[:2] == ["v2", "models"] and len(parts) >= 3:
-            await self._model_route(scope, receive, send, method, parts[2], parts[3:])
+            await self._model_route(scope, receive, send, key, parts[2], parts[3:])
         elif path == "/predict" and method == "POST":
-            await self._predict(scope, receive, send)
-        elif path == "/v2/health/live" and method == "GET":
+            await self._predict(scope, receive, send, key)
+        elif path == "/routes" and method == "GET":
+            if await self._allowed(send, key, None, Action.ADMIN):
+                body = orjson.dumps(self.describe())
+                await respond(send, 200, body, {"content-type": "application/json"})
+        else:
+            await error(send, 404, f"no route for {method} {path}")
+
+    async def _open(self, send: Send, path: str) -> None:
+        """What answers without a key: probes, Prometheus, the server's metadata."""
+        if path == "/v2/health/live":
             await respond(send, 200, b'{"live":true}', {"content-type": "application/json"})
-        elif path == "/v2/health/ready" and method == "GET":
+        elif path == "/v2/health/ready":
             ready = self.table is not None or self.routes_nothing
             await respond(
                 send,
@@ -121,21 +146,28 @@ class Router:
                 orjson.dumps({"ready": ready}),
                 {"content-type": "application/json"},
             )
-        elif path == "/v2" and method == "GET":
+        elif path == "/v2":
             doc = {
                 "name": "turnout-router",
                 "version": __version__,
                 "extensions": ["binary_tensor_data"],
             }
             await respond(send, 200, orjson.dumps(doc), {"content-type": "application/json"})
-        elif path == "/routes" and method == "GET":
-            body = orjson.dumps(self.describe())
-            await respond(send, 200, body, {"content-type": "application/json"})
-        elif path == "/metrics" and method == "GET":
+        else:  # /metrics
             body = generate_latest(self.metrics.registry)
             await respond(send, 200, body, {"content-type": CONTENT_TYPE_LATEST})
-        else:
-            await error(send, 404, f"no route for {method} {path}")
+
+    async def _allowed(
+        self, send: Send, key: ApiKey | None, model: str | None, action: Action
+    ) -> bool:
+        """Whether the caller's key may do ``action`` on ``model``; if not, the 403 is sent."""
+        if key is None or self.auth is None:  # authentication is off
+            return True
+        denied = permit(key, model, action)
+        if denied is None:
+            return True
+        await self.auth.refuse(send, denied)
+        return False
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -158,8 +190,20 @@ class Router:
     # --- /v2/models/{name}/... ----------------------------------------------------------
 
     async def _model_route(
-        self, scope: Scope, receive: Receive, send: Send, method: str, name: str, rest: list[str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        key: ApiKey | None,
+        name: str,
+        rest: list[str],
     ) -> None:
+        method: str = scope["method"]
+        # Before the model is looked up: a key without the scope learns nothing of which
+        # models exist.
+        wanted = Action.FEEDBACK if rest == ["feedback"] else Action.INFER
+        if not await self._allowed(send, key, name, wanted):
+            return
         route = self._route(name)
         if route is None:
             await self._unknown_model(send, name)
@@ -197,7 +241,9 @@ class Router:
 
     # --- /predict -----------------------------------------------------------------------
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _predict(
+        self, scope: Scope, receive: Receive, send: Send, key: ApiKey | None
+    ) -> None:
         name = header(scope, b"x-turnout-model")
         if name is None:
             models = sorted(self.table.models) if self.table else []
@@ -207,6 +253,8 @@ class Router:
                 )
                 return
             name = models[0]
+        if not await self._allowed(send, key, name, Action.INFER):
+            return
         route = self._route(name)
         if route is None:
             await self._unknown_model(send, name)

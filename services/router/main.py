@@ -2,7 +2,8 @@
 
 Two sources: a route file (``--routes``), refused at start when bad, since there is no good
 table to keep; or the cluster's ModelDeployments (``--kube``), where the router starts at once
-and answers "not ready" until the first table arrives.
+and answers "not ready" until the first table arrives. ``--api-keys FILE`` turns
+authentication on (services/router/auth.py); a bad keys file is refused at start either way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any, Protocol
 
 import uvicorn
 
+from services.router.auth import Auth
 from services.router.dispatch import Router
 from services.router.file_source import FileRouteSource
 from services.router.kube_source import KubeRouteSource
+from turnout.core.api_keys import KeysError
 from turnout.core.spec import RouteTable, SpecError
 from turnout.io.kube import Kube, KubeApi, KubeError
 from turnout.io.settings import settings
@@ -36,21 +39,32 @@ class RouteSource(Protocol):
 
 
 class _WithSource:
-    """The router app plus its route source, started and stopped with the server."""
+    """The router app plus its route source (and keys file), started and stopped with the
+    server."""
 
     def __init__(self, router: Router, source: RouteSource, max_body: int) -> None:
         self.router = router
         self.source = source
         self.app = BodyLimit(router, max_body)
 
+    def start(self) -> None:
+        self.source.start()
+        if self.router.auth is not None:
+            self.router.auth.start()
+
+    async def stop(self) -> None:
+        await self.source.stop()
+        if self.router.auth is not None:
+            await self.router.auth.stop()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
 
             async def wrapped_send(message: Any) -> None:
                 if message["type"] == "lifespan.startup.complete":
-                    self.source.start()
+                    self.start()
                 elif message["type"] == "lifespan.shutdown.complete":
-                    await self.source.stop()
+                    await self.stop()
                 await send(message)
 
             await self.router(scope, receive, wrapped_send)
@@ -58,13 +72,17 @@ class _WithSource:
         await self.app(scope, receive, send)
 
 
-def _router() -> Router:
+def _router(api_keys: Path | None) -> Router:
+    """The router, with authentication when ``api_keys`` names a keys file (KeysError if bad)."""
     s = settings()
-    return Router(shadow_max_inflight=s.shadow_max_inflight, log_payloads=s.log_payloads)
+    router = Router(shadow_max_inflight=s.shadow_max_inflight, log_payloads=s.log_payloads)
+    if api_keys is not None:
+        router.auth = Auth(api_keys, router.metrics.registry)
+    return router
 
 
-def build(routes: Path) -> _WithSource:
-    router = _router()
+def build(routes: Path, *, api_keys: Path | None = None) -> _WithSource:
+    router = _router(api_keys)
     router.source = str(routes)
     source = FileRouteSource(routes, on_table=router.set_table, on_error=router.reject_table)
     source.poll()
@@ -89,9 +107,11 @@ def table_setter(router: Router) -> Callable[[RouteTable | None], None]:
     return apply
 
 
-def build_kube(kube: KubeApi, namespaces: Sequence[str] | None) -> _WithSource:
+def build_kube(
+    kube: KubeApi, namespaces: Sequence[str] | None, *, api_keys: Path | None = None
+) -> _WithSource:
     """The router fed by ModelDeployments in ``namespaces`` (None: every namespace)."""
-    router = _router()
+    router = _router(api_keys)
     source = KubeRouteSource(
         kube, namespaces, on_table=table_setter(router), on_error=router.reject_table
     )
@@ -119,16 +139,18 @@ def _log_to_stdout() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 
 
-def run(routes: Path, *, host: str, port: int) -> None:
+def run(routes: Path, *, host: str, port: int, api_keys: Path | None = None) -> None:
     _log_to_stdout()
     try:
-        app = build(routes)
-    except SpecError as exc:
+        app = build(routes, api_keys=api_keys)
+    except (SpecError, KeysError) as exc:
         raise SystemExit(f"turnout route: {exc}") from None
     _serve(app, host=host, port=port)
 
 
-def run_kube(namespaces: Sequence[str] | None, *, host: str, port: int) -> None:
+def run_kube(
+    namespaces: Sequence[str] | None, *, host: str, port: int, api_keys: Path | None = None
+) -> None:
     """Serve the routes of the cluster's ModelDeployments.
 
     ``namespaces``: None watches every namespace; an empty sequence, the current one (the
@@ -141,7 +163,11 @@ def run_kube(namespaces: Sequence[str] | None, *, host: str, port: int) -> None:
         raise SystemExit(f"turnout route: {exc}") from None
     if namespaces is not None and not namespaces:
         namespaces = [kube.default_namespace()]
-    _serve(build_kube(kube, namespaces), host=host, port=port)
+    try:
+        app = build_kube(kube, namespaces, api_keys=api_keys)
+    except KeysError as exc:
+        raise SystemExit(f"turnout route: {exc}") from None
+    _serve(app, host=host, port=port)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,13 +191,20 @@ def main(argv: list[str] | None = None) -> None:
     scope.add_argument(
         "--all-namespaces", action="store_true", help="with --kube: watch every namespace"
     )
+    parser.add_argument(
+        "--api-keys",
+        type=Path,
+        metavar="FILE",
+        help="keys file (hashes, YAML or JSON): every request but health and metrics needs a "
+        "key from it (re-read on change); without it the router is open",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     if args.routes is not None:
         if args.namespace or args.all_namespaces:
             parser.error("--namespace and --all-namespaces go with --kube, not --routes")
-        run(args.routes, host=args.host, port=args.port)
+        run(args.routes, host=args.host, port=args.port, api_keys=args.api_keys)
     else:
         namespaces = None if args.all_namespaces else (args.namespace or [])
-        run_kube(namespaces, host=args.host, port=args.port)
+        run_kube(namespaces, host=args.host, port=args.port, api_keys=args.api_keys)

@@ -291,6 +291,12 @@ def serve(tag: str, host: str, port: int, service: str | None) -> None:
 @click.option("--kube", is_flag=True, help="route from the cluster's ModelDeployments")
 @click.option("--namespace", "-n", multiple=True, help="with --kube: watch this namespace")
 @click.option("--all-namespaces", "-A", is_flag=True, help="with --kube: watch every namespace")
+@click.option(
+    "--api-keys",
+    type=click.Path(dir_okay=False),
+    help="keys file (`turnout keys create` writes it): callers need a key from it; re-read "
+    "on change. Without it the router is open",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8080, show_default=True, help="port to listen on")
 def route(
@@ -298,6 +304,7 @@ def route(
     kube: bool,
     namespace: tuple[str, ...],
     all_namespaces: bool,
+    api_keys: str | None,
     host: str,
     port: int,
 ) -> None:
@@ -319,6 +326,8 @@ def route(
         cmd += ["--kube", *(["--all-namespaces"] if all_namespaces else [])]
         for ns in namespace:
             cmd += ["--namespace", ns]
+    if api_keys is not None:
+        cmd += ["--api-keys", api_keys]
     os.execv(cmd[0], cmd)
 
 
