@@ -234,3 +234,36 @@ def test_a_bad_keys_file_is_not_overwritten_by_the_local_key(tmp_path: Path) -> 
     with pytest.raises(KeysError, match=r"api-keys\.yaml: expected one field, keys"):
         local_key(tmp_path)
     assert (tmp_path / "api-keys.yaml").read_text() == "keys: nope\n"
+
+
+# --- turnout keys -------------------------------------------------------------------------------
+
+
+def test_turnout_keys_prints_the_key_once_alone_and_keeps_its_hash(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from turnout.cli.main import main
+
+    file = str(tmp_path / "keys.yaml")
+    runner = CliRunner()
+    made = runner.invoke(
+        main,
+        ["keys", "create", "ci", "--model", "fraud", "--action", "infer,feedback", "--file", file],
+    )
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip()
+    assert key.startswith("tk_") and "\n" not in key
+    assert "shown only now" in made.stderr
+    assert key not in Path(file).read_text()
+    found = identify(f"Bearer {key}", read_keys(Path(file)))
+    assert isinstance(found, ApiKey) and found.scopes() == "feedback, infer on fraud"
+    listed = runner.invoke(main, ["keys", "list", "--file", file])
+    assert listed.stdout == "ci\tfeedback, infer on fraud\n"
+    bad = runner.invoke(
+        main, ["keys", "create", "x", "--model", "m", "--action", "infer,delete", "--file", file]
+    )
+    assert bad.exit_code == 2 and "delete" in bad.stderr
+    again = runner.invoke(main, ["keys", "create", "ci", "--model", "m", "--file", file])
+    assert again.exit_code == 1 and "the name 'ci' is used twice" in again.stderr
+    assert runner.invoke(main, ["keys", "revoke", "ci", "--file", file]).exit_code == 0
+    assert read_keys(Path(file)) == KeySet()

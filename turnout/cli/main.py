@@ -71,6 +71,7 @@ class _Main(click.Group):
         "Models": ("train", "models", "serve"),
         "Pipelines": ("pipeline", "batch-predict", "batch-merge"),
         "Cluster": ("operator", "route"),
+        "Access": ("keys",),
         "Rendering": ("render",),
     }
 
@@ -1030,7 +1031,14 @@ def _register_workflows() -> None:
     render.add_command(render_workflows)
 
 
+def _register_keys() -> None:
+    from turnout.cli.keys import keys
+
+    main.add_command(keys)
+
+
 _register_workflows()
+_register_keys()
 
 
 if __name__ == "__main__":
