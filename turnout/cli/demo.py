@@ -567,9 +567,15 @@ def play(*, home: Path, interval: str, rate: float) -> bool:
         click.echo("starting Prometheus, the controller (it starts the model servers), the router")
         platform.start()
         click.echo(f"the stable endpoint is {platform.url}; {rate:g} requests/s from now on\n")
-        traffic = Traffic(platform.url, MODEL, rate=rate).start()
+        key = platform.api_key
+        traffic = Traffic(platform.url, MODEL, rate=rate, api_key=key).start()
         digit_traffic = Traffic(
-            platform.url, digits.DIGITS, rate=rate / 2, samples=digits_samples(), seed=1
+            platform.url,
+            digits.DIGITS,
+            rate=rate / 2,
+            samples=digits_samples(),
+            seed=1,
+            api_key=key,
         ).start()
         others = {digits.DIGITS: digit_traffic}
         for number, story in enumerate(STORIES, 1):

@@ -91,14 +91,18 @@ def served_on_v2(demo: Demo) -> Verdict:
     said = []
     ok = True
     for binary in (False, True):
-        probabilities = _infer(demo.platform.url, images, binary=binary)
+        probabilities = _infer(
+            demo.platform.url, images, binary=binary, headers=demo.platform.headers
+        )
         accuracy = float((probabilities.argmax(axis=1) == labels).mean())
         ok = ok and probabilities.shape == (100, 10) and accuracy >= 0.9
         said.append(f"{'binary' if binary else 'JSON'} accuracy {accuracy:.2f}")
     return Verdict(ok, f"{DIGITS} over v2 through the router: {', '.join(said)}")
 
 
-def _infer(url: str, images: npt.NDArray[Any], *, binary: bool) -> npt.NDArray[Any]:
+def _infer(
+    url: str, images: npt.NDArray[Any], *, binary: bool, headers: dict[str, str]
+) -> npt.NDArray[Any]:
     host = url.removeprefix("http://")
     try:
         import tritonclient.http as triton
@@ -109,13 +113,17 @@ def _infer(url: str, images: npt.NDArray[Any], *, binary: bool) -> npt.NDArray[A
             "inputs": [{"name": "image", "shape": [100, 1, 8, 8], "datatype": "FP32"}]
         }
         body["inputs"][0]["data"] = np.asarray(images).ravel().tolist()
-        doc = httpx.post(f"{url}/v2/models/{DIGITS}/infer", json=body, timeout=10).json()
+        reply = httpx.post(
+            f"{url}/v2/models/{DIGITS}/infer", json=body, headers=headers, timeout=10
+        )
+        doc = reply.json()
         return np.asarray(doc["outputs"][0]["data"]).reshape(100, 10)
     client = triton.InferenceServerClient(url=host)
     tensor = triton.InferInput("image", [100, 1, 8, 8], "FP32")
     tensor.set_data_from_numpy(images, binary_data=binary)
     wanted = triton.InferRequestedOutput("probabilities", binary_data=binary)
-    result = client.infer(DIGITS, [tensor], outputs=[wanted]).as_numpy("probabilities")
+    result = client.infer(DIGITS, [tensor], outputs=[wanted], headers=headers)
+    result = result.as_numpy("probabilities")
     return np.asarray(result)
 
 

@@ -5,6 +5,10 @@ same pieces the same way, so what they show is what a user runs. The controller 
 model servers (one per version the ModelDeployments name) and writes the route table; the
 router serves the stable endpoint from it; Prometheus, when its binary exists, scrapes both
 and the controller judges rollouts from PromQL (without it, from direct scrapes).
+
+The router asks for an API key, as in a cluster: on first start the platform makes one with
+every scope (TURNOUT_HOME/api-key, its hash in TURNOUT_HOME/api-keys.yaml) and the clients it
+starts send it (``headers``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from turnout.cli import prometheus_server
+from turnout.io.api_keys import LOCAL_KEYS_FILE, local_key
 from turnout.io.processes import free_port, project_root
 
 
@@ -36,10 +41,26 @@ class LocalPlatform:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     prometheus_url: str | None = None
+    #: Start the router with API keys (False: an open router, as `turnout route` without
+    #: --api-keys).
+    auth: bool = True
+    #: The platform's own all-scopes key, once started with ``auth``.
+    api_key: str | None = None
+    #: Whether ``api_key`` was made by this start (then `turnout up` shows it once).
+    api_key_made: bool = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.home / LOCAL_KEYS_FILE
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client of the router sends: the platform's key, when it has one."""
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def routes_file(self) -> Path:
@@ -94,18 +115,12 @@ class LocalPlatform:
             self.prometheus_url = f"http://127.0.0.1:{port}"
             prometheus_server.wait_ready(self.prometheus_url, proc=self.procs["prometheus"])
         self.start_controller()
-        router = self._spawn(
-            "router",
-            [
-                sys.executable,
-                "-m",
-                "services.router",
-                "--routes",
-                str(self.routes_file),
-                "--port",
-                str(self.port),
-            ],
-        )
+        cmd = [sys.executable, "-m", "services.router", "--routes", str(self.routes_file)]
+        cmd += ["--port", str(self.port)]
+        if self.auth:
+            self.api_key, self.api_key_made = local_key(self.home)
+            cmd += ["--api-keys", str(self.keys_file)]
+        router = self._spawn("router", cmd)
         self._wait(lambda: _ok(f"{self.url}/v2/health/ready"), router, 60, "the router")
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:

@@ -52,8 +52,11 @@ class Traffic:
         outcome: Outcome | None = None,
         seed: int = 0,
         samples: Sequence[Sample] | None = None,
+        api_key: str | None = None,
     ) -> None:
-        """``samples``: the requests to send (default: synthetic fraud transactions)."""
+        """``samples``: the requests to send (default: synthetic fraud transactions);
+        ``api_key``: sent as ``Authorization: Bearer`` with every request."""
+        self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._samples = list(samples) if samples is not None else fraud_samples(seed)
         self.url = f"{base_url}/v2/models/{model}/infer"
         self.feedback_url = f"{base_url}/v2/models/{model}/feedback"
@@ -91,7 +94,7 @@ class Traffic:
         rng = random.Random(self.seed * 1000 + index)
         period = self.threads / self.rate
         next_at = time.monotonic()
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, headers=self._auth) as client:
             while not self._stop.is_set():
                 next_at += period
                 self._one(client, rng)
