@@ -430,6 +430,7 @@ def up(
     """
     from turnout.cli.platform import LocalPlatform
     from turnout.cli.traffic import Traffic, conversion
+    from turnout.io.api_keys import LOCAL_KEY_FILE
 
     every = _duration_option("--retrain-every", retrain_every) if retrain_every else None
     if every is not None and name != DEFAULT_MODEL:
@@ -456,15 +457,22 @@ def up(
         )
         platform.start()
         base = platform.url
+        key_file = settings().home / LOCAL_KEY_FILE
         call = f"  curl -si {base}/v2/models/{name}/infer -H 'content-type: application/json'"
+        call += f' \\\n    -H "authorization: Bearer $(cat {key_file})"'
         if name == DEFAULT_MODEL:
             row = _example_row()
             doc = {
                 "inputs": [{"name": "features", "shape": [1, 14], "datatype": "FP32", "data": row}]
             }
-            call += f" \\\n    -H 'x-user-id: alice' -d '{json.dumps(doc)}'"
+            call += f" -H 'x-user-id: alice' \\\n    -d '{json.dumps(doc)}'"
         else:
             call += f" -d '...'   (the inputs {name}'s service declares)"
+        if platform.api_key_made:  # shown this once; kept in key_file for local clients
+            click.echo(
+                f"\nmade an API key for the router (every model and action): {platform.api_key}"
+                f"\n  kept in {key_file}; `turnout keys create` makes narrower ones"
+            )
         click.echo(
             f"\nturnout serves {name} at {base}\n\n{call}\n\n"
             f"  routes {base}/routes   metrics {base}/metrics   "
@@ -472,7 +480,9 @@ def up(
             f"  state  {settings().home} (deployments/, logs/)\n"
         )
         if name == DEFAULT_MODEL:  # the synthetic traffic is fraud's rows
-            traffic = Traffic(base, name, rate=rate, outcome=conversion({}, 0.1)).start()
+            traffic = Traffic(
+                base, name, rate=rate, outcome=conversion({}, 0.1), api_key=platform.api_key
+            ).start()
         if not no_canary and candidate is not None:
             spec = ds.state(name).spec
             if spec is not None and spec.candidate is None:
