@@ -285,7 +285,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes, started: float) -
     train(tmp, CANDIDATE, seed=1, rows=args.rows)
     turnout(env, "deploy", MODEL, "--version", STABLE)
 
-    platform = LocalPlatform(tmp, port=free_port(), prometheus=False, env=env)
+    # Open router: the recorded traffic sends no key, and rollback time does not depend on it.
+    platform = LocalPlatform(tmp, port=free_port(), prometheus=False, env=env, auth=False)
     traffic: RecordedTraffic | None = None
     trials: list[dict[str, Any]] = []
     failures: list[str] = []

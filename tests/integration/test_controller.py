@@ -37,7 +37,7 @@ def platform(trained, tmp_path_factory) -> Iterator[tuple[LocalPlatform, Traffic
     assert out.returncode == 0, out.stderr
     plat = LocalPlatform(home, port=free_port(), prometheus=False)
     with plat:
-        traffic = Traffic(plat.url, "fraud", rate=40).start()
+        traffic = Traffic(plat.url, "fraud", rate=40, api_key=plat.api_key).start()
         try:
             yield plat, traffic
         finally:
@@ -49,7 +49,7 @@ def routes(plat: LocalPlatform) -> dict:
 
 
 def router_candidate(plat: LocalPlatform) -> dict | None:
-    table = httpx.get(f"{plat.url}/routes", timeout=2).json()["table"]
+    table = httpx.get(f"{plat.url}/routes", headers=plat.headers, timeout=2).json()["table"]
     return table["models"]["fraud"]["candidate"]
 
 

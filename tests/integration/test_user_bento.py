@@ -80,7 +80,7 @@ def platform(trained, digits_version, tmp_path_factory) -> Iterator[LocalPlatfor
         yield plat
 
 
-def infer(base: str, model: str, name: str, array: np.ndarray) -> httpx.Response:
+def infer(plat: LocalPlatform, model: str, name: str, array: np.ndarray) -> httpx.Response:
     body = {
         "inputs": [
             {
@@ -91,13 +91,15 @@ def infer(base: str, model: str, name: str, array: np.ndarray) -> httpx.Response
             }
         ]
     }
-    return httpx.post(f"{base}/v2/models/{model}/infer", json=body, timeout=10)
+    url = f"{plat.url}/v2/models/{model}/infer"
+    return httpx.post(url, json=body, headers=plat.headers, timeout=10)
 
 
 def routed_models(plat: LocalPlatform) -> set[str]:
     """The models the router itself routes now (it reloads the controller's table)."""
     try:
-        return set(httpx.get(f"{plat.url}/routes", timeout=2).json()["table"]["models"])
+        reply = httpx.get(f"{plat.url}/routes", headers=plat.headers, timeout=2)
+        return set(reply.json()["table"]["models"])
     except (httpx.HTTPError, KeyError, TypeError):
         return set()
 
@@ -116,7 +118,7 @@ def test_two_models_side_by_side_and_a_candidate_that_cannot_load(
 
     digits = load_digits()
     images = digits.images[:4].astype(np.float32)[:, None]
-    reply = infer(plat.url, "digits", "image", images)
+    reply = infer(plat, "digits", "image", images)
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-turnout-model-version"] == digits_version
     (out,) = reply.json()["outputs"]
@@ -125,14 +127,14 @@ def test_two_models_side_by_side_and_a_candidate_that_cannot_load(
     assert (predicted == digits.target[:4]).mean() >= 0.75
 
     rows = features_matrix(generate(3, seed=5))
-    reply = infer(plat.url, "fraud", "features", rows)
+    reply = infer(plat, "fraud", "features", rows)
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-turnout-model-version"] == "v1"
     (out,) = reply.json()["outputs"]
     assert (out["name"], out["shape"]) == ("probability", [3])
     assert rows.shape[1] == len(FRAUD_SCHEMA.features)
     # Each model refuses the other's tensors by name.
-    assert infer(plat.url, "digits", "features", rows).status_code == 400
+    assert infer(plat, "digits", "features", rows).status_code == 400
 
     # A candidate whose server cannot load its model: given up on, rolled back, with why.
     out = turnout("deploy", "fraud", "--version", not_a_fraud_model, home=home)
@@ -152,8 +154,8 @@ def test_two_models_side_by_side_and_a_candidate_that_cannot_load(
     eventually(lambda: store.load("fraud").spec.candidate is None, "the candidate removed")
     shown = turnout("status", "fraud", home=home).stdout
     assert "RolledBack" in shown and "ServerFailed" in shown
-    assert infer(plat.url, "fraud", "features", rows).status_code == 200
-    assert infer(plat.url, "digits", "image", images).status_code == 200
+    assert infer(plat, "fraud", "features", rows).status_code == 200
+    assert infer(plat, "digits", "image", images).status_code == 200
 
 
 class NoMetrics:
