@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 try:
@@ -117,21 +118,30 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[k] / 1e6
 
 
-def _request(url: str, body: bytes, content_type: str) -> tuple[str, int, bytes]:
+def _request(
+    url: str, body: bytes, content_type: str, headers: Sequence[str] = ()
+) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
+    extra = "".join(f"{h}\r\n" for h in headers)
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     return host, port, request
 
 
 async def run_client(
-    url: str, body: bytes, connections: int, duration: float, warmup: float, content_type: str
+    url: str,
+    body: bytes,
+    connections: int,
+    duration: float,
+    warmup: float,
+    content_type: str,
+    headers: Sequence[str] = (),
 ) -> dict[str, object]:
-    host, port, request = _request(url, body, content_type)
+    host, port, request = _request(url, body, content_type, headers)
     loop = asyncio.get_running_loop()
     conns = []
     for _ in range(connections):
@@ -219,9 +229,10 @@ async def run_openloop(
     max_connections: int,
     content_type: str,
     drain_timeout: float = 10.0,
+    headers: Sequence[str] = (),
 ) -> dict[str, object]:
     """Send ``rate`` requests per second on a fixed timetable; latency from the scheduled time."""
-    host, port, request = _request(url, body, content_type)
+    host, port, request = _request(url, body, content_type, headers)
     loop = asyncio.get_running_loop()
     clock = time.perf_counter_ns
     idle: deque[_Conn] = deque()
@@ -530,6 +541,7 @@ def main() -> None:
     c.add_argument("--connections", type=int, default=1)
     c.add_argument("--duration", type=float, default=5.0)
     c.add_argument("--warmup", type=float, default=1.0)
+    c.add_argument("--header", action="append", default=[], help='"Name: value", repeatable')
     o = sub.add_parser("openloop")
     o.add_argument("--url", required=True)
     o.add_argument("--body-file", required=True)
@@ -539,6 +551,7 @@ def main() -> None:
     o.add_argument("--warmup", type=float, default=1.0)
     o.add_argument("--connections", type=int, default=8, help="keep-alive connections opened first")
     o.add_argument("--max-connections", type=int, default=256)
+    o.add_argument("--header", action="append", default=[], help='"Name: value", repeatable')
     r = sub.add_parser("relay")
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, required=True)
@@ -568,12 +581,19 @@ def main() -> None:
                 args.connections,
                 args.max_connections,
                 args.content_type,
+                headers=args.header,
             )
         )
     else:
         result = asyncio.run(
             run_client(
-                args.url, body, args.connections, args.duration, args.warmup, args.content_type
+                args.url,
+                body,
+                args.connections,
+                args.duration,
+                args.warmup,
+                args.content_type,
+                args.header,
             )
         )
     result["loop"] = "uvloop" if uvloop is not None else "asyncio"

@@ -211,8 +211,20 @@ def wrk_missing() -> bool:
     return True
 
 
-def run_wrk(url: str, body_file: Path, connections: int, duration: float) -> dict[str, Any]:
+def _header_args(headers: dict[str, str] | None) -> list[str]:
+    return [a for k, v in (headers or {}).items() for a in ("--header", f"{k}: {v}")]
+
+
+def run_wrk(
+    url: str,
+    body_file: Path,
+    connections: int,
+    duration: float,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
+    if headers:  # wrk_post.lua: one "Name: value" per line
+        env["WRK_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in headers.items())
     cmd = [
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
         "-s", str(SUPPORT / "wrk_post.lua"), url,
@@ -244,11 +256,17 @@ def run_wrk(url: str, body_file: Path, connections: int, duration: float) -> dic
 
 
 def run_aio(
-    url: str, body_file: Path, connections: int, duration: float, warmup: float
+    url: str,
+    body_file: Path,
+    connections: int,
+    duration: float,
+    warmup: float,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     cmd = [
         PY, str(SUPPORT / "aioclient.py"), "client", "--url", url, "--body-file", str(body_file),
         "--connections", str(connections), "--duration", str(duration), "--warmup", str(warmup),
+        *_header_args(headers),
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
     if out.returncode != 0:
@@ -287,12 +305,13 @@ def run_openloop(
     duration: float,
     warmup: float,
     connections: int = 8,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """bench/support/aioclient.py openloop: fixed-rate load, latency from the scheduled time."""
     cmd = [
         PY, str(SUPPORT / "aioclient.py"), "openloop", "--url", url, "--body-file", str(body_file),
         "--rate", str(rate), "--duration", str(duration), "--warmup", str(warmup),
-        "--connections", str(connections),
+        "--connections", str(connections), *_header_args(headers),
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 60)
     if out.returncode != 0:
@@ -372,12 +391,17 @@ def model_server(name: str, home: Path, tag: str) -> Server:
     return Server(name, cmd, turnout_env(home), port, "/readyz", home / f"{name}.log")
 
 
-def router_server(name: str, home: Path, routes: dict[str, Any]) -> Server:
-    """`turnout route` over a route file written from ``routes`` (JSON is valid YAML)."""
+def router_server(
+    name: str, home: Path, routes: dict[str, Any], *, api_keys: Path | None = None
+) -> Server:
+    """`turnout route` over a route file written from ``routes`` (JSON is valid YAML); with
+    ``api_keys``, authentication on (``--api-keys``)."""
     path = home / f"{name}.routes.json"
     path.write_text(json.dumps(routes, indent=2))
     port = free_port()
     cmd = [TURNOUT, "route", "--routes", str(path), "--host", "127.0.0.1", "--port", str(port)]
+    if api_keys is not None:
+        cmd += ["--api-keys", str(api_keys)]
     server = Server(name, cmd, turnout_env(home), port, "/v2/health/ready", home / f"{name}.log")
     server.extra["routes"] = routes
     return server
@@ -406,10 +430,14 @@ def start(procs: Processes, servers: list[Server], timeout: float = 180.0) -> No
     procs.remember()
 
 
-def post(url: str, body: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def post(
+    url: str, body: bytes, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """POST JSON; (status, lower-cased headers, body)."""
     req = urllib.request.Request(url, data=body, method="POST")
     req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
@@ -542,6 +570,9 @@ def start_profile(pid: int, seconds: float, out: Path, rate: int = 250) -> Any:
 
 #: Where a frame's file belongs, first match wins (py-spy shortens paths to the package part).
 _AREAS = (
+    ("services/router/upstream", "router's upstream client (services/router/upstream.py)"),
+    ("services/router/auth", "API key check"),
+    ("api_keys", "API key check"),
     ("services/router/", "router (services/router)"),
     ("services/", "turnout services"),
     ("turnout/", "turnout"),

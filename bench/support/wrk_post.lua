@@ -4,6 +4,11 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
+-- more headers, one "Name: value" per line (an API key, for example)
+for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
