@@ -1,8 +1,10 @@
 """Write manifests/base: the Helm chart rendered with its default values, one file per object.
 
 For users who deploy with ``kubectl apply -k`` instead of Helm. The chart is the source; this
-is its output plus a Namespace and a kustomization.yaml listing the files. Needs only helm
-(``make tools`` puts it in .tools/bin) and PyYAML, not turnout itself.
+is its output plus a Namespace and a kustomization.yaml listing the files. One value differs:
+the router's Secret (API keys, token secret) is the user's to create (``router.existingSecret``),
+since the chart generates its keys at install and a generated file would change on every
+render. Needs only helm (``make tools`` puts it in .tools/bin) and PyYAML, not turnout itself.
 
     python scripts/render_manifests.py           # rewrite manifests/base
     python scripts/render_manifests.py --check   # exit 1 if manifests/base is stale
@@ -41,10 +43,17 @@ metadata:
 """
 
 
+ROUTER_SECRET = f"{RELEASE}-router"
 KUSTOMIZATION_NOTE = (
     f"# Namespaced objects are in {NAMESPACE} already (helm template --namespace). No\n"
     "# `namespace:` field: kustomize would put the cluster-scoped ClusterKopfPeering in it too.\n"
     "# To install elsewhere, use the Helm chart.\n"
+    f"# The router needs the Secret {ROUTER_SECRET} (API keys and the token secret), made once:\n"
+    "#   turnout keys create admin --model '*' --action infer,feedback,admin"
+    " --file api-keys.yaml  # prints the key\n"
+    f"#   kubectl -n {NAMESPACE} create secret generic {ROUTER_SECRET}"
+    " --from-file=api-keys.yaml \\\n"
+    "#     --from-literal=token-secret=$(openssl rand -hex 32)\n"
 )
 
 
@@ -73,6 +82,8 @@ def render(helm: Path | None = None) -> dict[str, str]:
             "--namespace",
             NAMESPACE,
             "--include-crds",
+            "--set",
+            f"router.existingSecret={ROUTER_SECRET}",
         ],
         check=True,
         capture_output=True,

@@ -8,6 +8,7 @@ the values schema, NOTES, and the generated files staying in step with their sou
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import re
@@ -32,8 +33,10 @@ from tests.k8s.conftest import (
 )
 from tests.k8s.validate import errors
 from training.data import FRAUD_SCHEMA
+from turnout.core.api_keys import Action, ApiKey, identify
 from turnout.core.crd import CRD_PATH, NAME, crd_yaml
 from turnout.core.spec import ModelDeploymentSpec
+from turnout.io.api_keys import parse_keys_text
 from turnout_sdk.protocol import decode_infer
 from turnout_sdk.tensors import Tensor
 
@@ -58,7 +61,8 @@ OPERATOR_TAIL = [
     "--health-port",
     "8081",
 ]
-ROUTER_TAIL = ["--host", "0.0.0.0", "--port", "8080"]
+KEYS_FILE = "/etc/turnout/router/api-keys.yaml"
+ROUTER_TAIL = ["--api-keys", KEYS_FILE, "--host", "0.0.0.0", "--port", "8080"]
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -266,6 +270,56 @@ def test_router_pods_restart_when_their_config_changes(render: Render) -> None:
 def test_router_extra_env_cannot_shadow_its_own_settings(helm: Path) -> None:
     stderr = helm_fails(helm, "--set", "router.extraEnv.TURNOUT_MAX_BODY_BYTES=5")
     assert "router.maxBodyBytes" in stderr
+
+
+def secret_data(secret: Obj) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def test_router_secret_holds_a_generated_admin_key_the_router_accepts(render: Render) -> None:
+    secret = one(render(), "Secret", "turnout-router")
+    data = secret_data(secret)
+    assert set(data) == {"admin-key", "api-keys.yaml", "token-secret"}
+    keys = parse_keys_text(data["api-keys.yaml"], source="the chart's api-keys.yaml")
+    admin = identify(f"Bearer {data['admin-key']}", keys)
+    assert isinstance(admin, ApiKey) and admin.name == "admin"
+    assert admin.actions == frozenset(Action) and admin.allows("any-model", Action.INFER)
+    assert data["admin-key"] not in data["api-keys.yaml"]
+    assert len(data["token-secret"]) >= 32
+    # Generated per install (an upgrade keeps them: tests/k8s/test_cluster_chart.py).
+    again = secret_data(one(render("--set", "router.replicas=3"), "Secret", "turnout-router"))
+    assert again["admin-key"] != data["admin-key"]
+    assert again["token-secret"] != data["token-secret"]
+
+
+def test_router_mounts_its_keys_and_token_secret_but_never_the_admin_key(render: Render) -> None:
+    objs = render()
+    c = container(objs, "router")
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "router-secret"]
+    assert mount["readOnly"] is True
+    assert c["args"][c["args"].index("--api-keys") + 1] == f"{mount['mountPath']}/api-keys.yaml"
+    pod = deployment(objs, "router")["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "router-secret"]
+    assert volume["secret"]["secretName"] == "turnout-router"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["api-keys.yaml", "token-secret"]
+    # Read through the volume, not the API: the router may not read Secrets
+    # (test_no_wildcards_and_no_secrets).
+    assert pod["automountServiceAccountToken"] is True  # for its ModelDeployment watch only
+
+
+def test_an_existing_secret_replaces_the_charts(render: Render) -> None:
+    objs = render("--set", "router.existingSecret=my-keys")
+    assert of_kind(objs, "Secret") == []
+    pod = deployment(objs, "router")["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "router-secret"]
+    assert volume["secret"]["secretName"] == "my-keys"
+
+
+def test_authentication_can_be_turned_off(render: Render) -> None:
+    objs = render("--set", "router.auth.enabled=false")
+    assert "--api-keys" not in container(objs, "router")["args"]
+    # The Secret stays: the A/B assignment tokens' key is in it.
+    assert "token-secret" in one(objs, "Secret", "turnout-router")["data"]
 
 
 def test_router_service_reaches_the_router_pods(render_values: RenderValues) -> None:
@@ -762,6 +816,26 @@ def test_notes_say_how_to_watch(notes: str) -> None:
     assert "kubectl turnout status fraud -n turnout-system" in notes
 
 
+def test_notes_say_how_to_read_the_admin_key_and_send_it(notes: str) -> None:
+    read = (
+        "export TURNOUT_KEY=$(kubectl -n turnout-system get secret turnout-router"
+        " -o jsonpath='{.data.admin-key}' | base64 -d)"
+    )
+    assert read in notes
+    assert '-H "authorization: Bearer $TURNOUT_KEY"' in notes
+
+
+def test_notes_without_authentication_say_the_router_is_open(helm: Path, tmp_path: Path) -> None:
+    off = ("--set", "router.auth.enabled=false")
+    out = run(
+        "env", f"KUBECONFIG={tmp_path / 'none'}", helm, "install", RELEASE, CHART,
+        "--namespace", NAMESPACE, "--dry-run=client", *off,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "Authentication is off" in notes and "TURNOUT_KEY" not in notes
+
+
 def test_notes_show_a_request_the_model_accepts(notes: str) -> None:
     assert "port-forward svc/turnout-router 8080:80" in notes
     command = " ".join(line.strip().rstrip("\\") for line in notes.splitlines() if line.strip())
@@ -806,5 +880,10 @@ def test_kustomize_base_builds_and_every_object_is_valid(
         expected = None if obj["kind"] in CLUSTER_SCOPED else NAMESPACE
         assert namespace == expected, ref(obj)
     assert one(objs, "Namespace")["metadata"]["name"] == NAMESPACE
-    from_chart = {ref(o) for o in render_values(None)}
+    # The router's Secret is the user's to make (its keys are generated at install).
+    from_chart = {ref(o) for o in render_values(None)} - {f"Secret {NAMESPACE}/turnout-router"}
     assert {ref(o) for o in objs} == from_chart | {f"Namespace {NAMESPACE}"}
+    router = deployment(objs, "router")["spec"]["template"]["spec"]
+    [volume] = [v for v in router["volumes"] if v["name"] == "router-secret"]
+    kustomization = (ROOT / "manifests" / "base" / "kustomization.yaml").read_text()
+    assert f"create secret generic {volume['secret']['secretName']}" in kustomization

@@ -141,3 +141,18 @@ capabilities:
   value: {{ $value | toString | quote }}
 {{- end }}
 {{- end }}
+
+{{/* The router's Secret: the chart's, or the one named by router.existingSecret. */}}
+{{- define "turnout.routerSecretName" -}}
+{{- default (include "turnout.componentName" (dict "ctx" . "component" "router")) .Values.router.existingSecret }}
+{{- end }}
+
+{{/* A keys file with one key, `admin`, for every model and action. Call with the key. */}}
+{{- define "turnout.adminKeysFile" -}}
+# turnout router API keys: SHA-256 hashes only, never the keys. `turnout keys create NAME` adds one.
+keys:
+- name: admin
+  sha256: {{ sha256sum . }}
+  models: ['*']
+  actions: [infer, feedback, admin]
+{{ end }}
