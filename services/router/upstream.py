@@ -120,6 +120,9 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
+        if 100 <= status < 200:  # informational (103 Early Hints): the answer is still to come
+            self._headers, self._body, self._headers_done = {}, [], False
+            return
         keep = self._parser.should_keep_alive()
         self._finish(result=(status, self._headers, b"".join(self._body)))
         if keep and not self.closed:
@@ -195,6 +198,8 @@ class Pool:
         self.size = 0
         #: Callers waiting for a connection: handed one on release, or None when a slot frees.
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
+        #: Closed with the client: connections still out are closed when they come back.
+        self.closed = False
 
     def take(self) -> Connection | None:
         """An idle connection, without waiting."""
@@ -247,6 +252,9 @@ class Pool:
     def release(self, conn: Connection) -> None:
         """A connection done with its response: to the first waiter, else into the pool."""
         conn.reused = True
+        if self.closed:
+            conn.close()
+            return
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
@@ -275,6 +283,7 @@ class Pool:
                 return
 
     def close(self) -> None:
+        self.closed = True
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()

@@ -417,3 +417,31 @@ def test_stop_closes_every_pooled_connection(run) -> None:
             await asyncio.wait_for(gone.wait(), 2)
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody",
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nbody",  # the end of the connection ends it
+    ],
+    ids=["early-hints-first", "no-length"],
+)
+def test_replies_framed_unusually_are_read_whole(run, reply: bytes) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+
+    async def main() -> None:
+        async with raw_server(serve) as (base, _):
+            client = router_client()
+            await client.start()
+            first = await call(client, base + "/x")
+            second = await call(client, base + "/x")
+            await client.stop()
+        assert (first.ok, first.status, first.body) == (True, 200, b"body")
+        assert (second.ok, second.body) == (True, b"body")
+
+    run(main())
