@@ -14,15 +14,23 @@ is answered 410 Gone ("too old resource version"), and the router must list agai
 reliable: the CRD's own update is newer than anything the router has seen. Restarting the API
 server or compacting the storage would also do it, but not on demand: the control plane is
 shared by the session, and compacting kine takes an etcd client.
+
+API keys: the chart's router Secret is created in the API server as rendered, and the router
+reads it where the Deployment mounts it. There is no kubelet, so the test plays its part
+(SecretVolume): it reads the Secret from the API server and writes the items the Deployment's
+volume names the way the kubelet's atomic writer does, a new directory swapped in under
+``..data`` by symlink, again whenever the test changes the Secret.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +44,8 @@ from tests.integration.test_router_kube import until
 from tests.k8s.cluster import Cluster
 from tests.k8s.conftest import CHART, ROOT
 from tests.servers import stop, wait_ready
+from turnout.core.api_keys import Action
+from turnout.io.api_keys import create_key
 from turnout.io.kube import Kube, KubeError
 from turnout.io.processes import free_port
 
@@ -49,6 +59,33 @@ CRD = "modeldeployments.turnout.dev"
 DESCRIPTION = "/spec/versions/0/schema/openAPIV3Schema/description"
 
 
+class SecretVolume:
+    """The router's Secret volume as the kubelet keeps it: the Deployment's items, written to
+    a fresh directory that ``..data`` is swapped to, each item a symlink through ``..data``."""
+
+    def __init__(self, root: Path, volume: dict[str, Any]) -> None:
+        self.root = root
+        self.name = volume["secret"]["secretName"]
+        self.items = volume["secret"]["items"]
+        root.mkdir(parents=True, exist_ok=True)
+
+    def sync(self, cluster: Cluster) -> dict[str, str]:
+        """Copy the Secret from the API server into the volume; its data, decoded."""
+        data = cluster.get("secret", self.name, "-n", RELEASE_NS)["data"]
+        fresh = self.root / f"..{time.time_ns()}"
+        fresh.mkdir()
+        for item in self.items:
+            (fresh / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+        swap = self.root / "..data_tmp"
+        swap.symlink_to(fresh.name)
+        os.replace(swap, self.root / "..data")
+        for item in self.items:
+            link = self.root / item["path"]
+            if not link.is_symlink():
+                link.symlink_to(Path("..data") / item["path"])
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
 @dataclass(frozen=True)
 class Stack:
     router: str  # base URL
@@ -56,6 +93,13 @@ class Stack:
     stable_url: str  # turnout serve fraud:v1
     candidate_url: str  # the stub answering as v2
     admin: Kube
+    #: The admin key the chart generated, read from its Secret.
+    key: str
+    secret: SecretVolume
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}"}
 
     def routing(self, *, weight: float | None = None, candidate_url: str = "") -> dict[str, Any]:
         """A complete status.routing: stable v1, and v2 at ``weight`` (None: no candidate)."""
@@ -71,7 +115,7 @@ class Stack:
         self.admin.patch_deployment_status(NS, "fraud", {"routing": routing})
 
     def routes(self) -> Any:
-        return httpx.get(f"{self.router}/routes", timeout=5).json()
+        return httpx.get(f"{self.router}/routes", headers=self.headers, timeout=5).json()
 
 
 def _example_body() -> dict[str, Any]:
@@ -86,8 +130,10 @@ def _example_body() -> dict[str, Any]:
 BODY = _example_body()
 
 
-def infer(stack: Stack, model: str = "fraud") -> httpx.Response:
-    return httpx.post(f"{stack.router}/v2/models/{model}/infer", json=BODY, timeout=10)
+def infer(stack: Stack, model: str = "fraud", *, key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else stack.headers
+    url = f"{stack.router}/v2/models/{model}/infer"
+    return httpx.post(url, json=BODY, headers=headers, timeout=10)
 
 
 def served_by(stack: Stack, model: str = "fraud") -> tuple[str, str]:
@@ -115,22 +161,39 @@ def _process(
 
 
 def _router_rbac(cluster: Cluster, helm: Path) -> list[dict[str, Any]]:
-    """The chart's router ServiceAccount, Role and RoleBinding, rendered for namespace NS."""
+    """The chart's router ServiceAccount, Role, RoleBinding and Secret, rendered for namespace
+    NS."""
     namespaces = f"router.watchNamespaces={{{NS}}}"
     out = cluster.run(helm, "template", RELEASE, CHART, "-n", RELEASE_NS, "--set", namespaces)
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     router = [d for d in docs if d["metadata"].get("name") == ROUTER_ACCOUNT]
     kinds = {d["kind"] for d in router}
-    assert {"ServiceAccount", "Role", "RoleBinding", "Deployment"} <= kinds, kinds
+    assert {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Secret"} <= kinds, kinds
     return router
 
 
-def _router_args(objects: list[dict[str, Any]], port: int) -> list[str]:
-    """The chart's router command line, on loopback and a free port."""
+def _secret_volume(objects: list[dict[str, Any]], root: Path) -> tuple[SecretVolume, str]:
+    """The router's Secret volume under ``root``, and where the Deployment mounts it."""
+    (deployment,) = [d for d in objects if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "router-secret"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    return SecretVolume(root, volume), mount["mountPath"]
+
+
+def _router_args(
+    objects: list[dict[str, Any]], port: int, *, mounted: tuple[str, Path]
+) -> list[str]:
+    """The chart's router command line, on loopback and a free port, with the mounted Secret
+    (``mounted``: its path in the pod, and here) where this test keeps it."""
     (deployment,) = [d for d in objects if d["kind"] == "Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    args = list(container["args"])
+    in_pod, here = mounted
+    args = [
+        a.replace(in_pod, str(here), 1) if a.startswith(in_pod) else a for a in container["args"]
+    ]
+    assert args != container["args"]  # the router reads a file from its Secret
     args[args.index("--host") + 1] = "127.0.0.1"
     args[args.index("--port") + 1] = str(port)
     assert container["command"] == ["turnout", "route"]
@@ -177,7 +240,10 @@ def stack(
         for namespace in (NS, RELEASE_NS):
             cluster.namespace(namespace)
         objects = _router_rbac(cluster, helm)
+        # The API server takes the chart's Secret as rendered; the test plays the kubelet.
         cluster.apply([d for d in objects if d["kind"] != "Deployment"])
+        secret, in_pod = _secret_volume(objects, work / "router-secret")
+        key = secret.sync(cluster)["admin-key"]
         router_env = {
             **os.environ,
             "KUBECONFIG": str(cluster.service_account_kubeconfig(RELEASE_NS, ROUTER_ACCOUNT)),
@@ -190,7 +256,8 @@ def stack(
                      ready=f"{stub_url}/readyz")
         )  # fmt: skip
         running.enter_context(
-            _process(_router_args(objects, router_port), log=work / "router.log",
+            _process(_router_args(objects, router_port, mounted=(in_pod, secret.root)),
+                     log=work / "router.log",
                      env=router_env, ready=f"{router_url}/v2/health/ready")
         )  # fmt: skip
         if training.wait(timeout=240) != 0:
@@ -202,7 +269,7 @@ def stack(
         admin = Kube.connect(kubeconfig=str(cluster.kubeconfig))
         digits_routing = {"stable": {"version": "v2", "url": stub_url}}
         admin.patch_deployment_status(NS, "digits", {"routing": digits_routing})
-        yield Stack(router_url, work / "router.log", stable_url, stub_url, admin)
+        yield Stack(router_url, work / "router.log", stable_url, stub_url, admin, key, secret)
 
 
 @pytest.fixture
@@ -311,6 +378,47 @@ def test_an_expired_watch_is_recovered_by_listing_again(cluster: Cluster, at_res
         assert at_rest.routes()["lastError"] is None  # a 410 is expected, not an error
     finally:
         _set_crd_description(cluster, original)
+
+
+def test_the_charts_admin_key_is_needed_and_scoped_keys_added_to_the_secret_apply(
+    cluster: Cluster, at_rest: Stack, tmp_path: Path
+) -> None:
+    assert infer(at_rest).status_code == 200  # the chart's admin key, from its Secret
+    refused = httpx.post(f"{at_rest.router}/v2/models/fraud/infer", json=BODY, timeout=10)
+    assert refused.status_code == 401 and "no API key" in refused.json()["error"]
+    assert at_rest.routes()["auth"]["keys"] == ["admin"]
+
+    # A key for fraud only, added to the Secret's keys file with `turnout keys create --file`
+    # as the README says, and patched into the Secret through the API.
+    secret = cluster.get("secret", at_rest.secret.name, "-n", RELEASE_NS)
+    original = secret["data"]["api-keys.yaml"]
+    local = tmp_path / "api-keys.yaml"
+    local.write_bytes(base64.b64decode(original))
+    app_key, _ = create_key(local, name="fraud-app", models=["fraud"], actions=[Action.INFER])
+
+    def patch(text: bytes) -> None:
+        data = {"api-keys.yaml": base64.b64encode(text).decode()}
+        cluster.ok("patch", "secret", at_rest.secret.name, "-n", RELEASE_NS,
+                   "--type=merge", "-p", json.dumps({"data": data}))  # fmt: skip
+        at_rest.secret.sync(cluster)
+
+    try:
+        patch(local.read_bytes())
+        until(lambda: infer(at_rest, key=app_key).status_code == 200, "the new key accepted")
+        assert infer(at_rest, "digits", key=app_key).status_code == 403
+        assert at_rest.routes()["auth"]["keys"] == ["admin", "fraud-app"]
+
+        # A Secret edited into something that is not a keys file: the last good keys stay.
+        patch(b"keys: {broken\n")
+        until(lambda: at_rest.routes()["auth"]["lastError"] is not None, "the error shown")
+        assert "not valid YAML/JSON" in at_rest.routes()["auth"]["lastError"]
+        assert infer(at_rest, key=app_key).status_code == 200
+    finally:
+        patch(base64.b64decode(original))
+    until(lambda: infer(at_rest, key=app_key).status_code == 401, "the key gone again")
+    assert at_rest.routes()["auth"]["lastError"] is None
+    log = at_rest.router_log.read_text()
+    assert app_key not in log and at_rest.key not in log
 
 
 def test_deleting_the_deployment_stops_serving_its_model(cluster: Cluster, stack: Stack) -> None:
