@@ -342,7 +342,8 @@ def one_run(
             python("-m", "turnout", "operator", "--namespace", ns,
                    "--prometheus", f"http://127.0.0.1:{free_port()}",
                    "--peering", PEERING, "--priority", "100",
-                   "--metrics-port", str(free_port()), "--health-port", str(free_port())),
+                   "--metrics-port", str(free_port()), "--health-port", str(free_port()),
+                   "--listen-address", "127.0.0.1"),
             env=env,
             logs=logs,
         )  # fmt: skip

@@ -4,7 +4,9 @@ kopf calls :meth:`ClusterController.reconcile` from its handlers (services/contr
 operator.py) on every create, update, resume and timer tick, and when one of the
 deployment's InferenceServices changes. One pass:
 
-1. **fetch** the ModelDeployment and its InferenceServices. A spec the CRD admitted but that
+1. **fetch** the ModelDeployment and its InferenceServices (the operator passes in what its
+   watches already hold: a pass then costs no read; tests and callers without a watch
+   leave them out and they are read here). A spec the CRD admitted but that
    cannot run (no image for a version, a rule only the models check) gets ``SpecValid=False``
    and an ``InvalidSpec`` event naming the field; nothing else changes, so the versions
    serving keep their traffic.
@@ -83,11 +85,22 @@ class ClusterController:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     drain_s: float = DRAIN_S
 
-    def reconcile(self, namespace: str, name: str) -> Outcome | None:
-        try:
-            obj = self.kube.get_deployment(namespace, name)
-        except NotFound:
-            return None
+    def reconcile(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        obj: Obj | None = None,
+        inference_services: list[Obj] | None = None,
+    ) -> Outcome | None:
+        """One pass. ``obj``: the ModelDeployment as a watch delivered it (else it is read);
+        a stale one is safe, as its status patch carries its resourceVersion.
+        ``inference_services``: the deployment's own, as a watch holds them (else listed)."""
+        if obj is None:
+            try:
+                obj = self.kube.get_deployment(namespace, name)
+            except NotFound:
+                return None
         now = self.clock()
         status = _status(obj)
         try:
@@ -100,7 +113,7 @@ class ClusterController:
         if _condition_is(status, "SpecValid", "False"):
             status = rollout.spec_validity(status, valid=True, message="spec accepted", now=now)
             events.append(("Normal", Reason.ACCEPTED.value, "spec accepted"))
-        endpoints, drain_s, problems = self._serve(obj, md, status, now)
+        endpoints, drain_s, problems = self._serve(obj, md, status, now, inference_services)
         annotation = md.metadata.annotations.get(ACTION_ANNOTATION)
         decision = decisions.decide(
             self.metrics,
@@ -154,17 +167,21 @@ class ClusterController:
     # --- serve ---------------------------------------------------------------------------
 
     def _serve(
-        self, obj: Obj, md: ModelDeployment, status: ModelDeploymentStatus, now: datetime
+        self,
+        obj: Obj,
+        md: ModelDeployment,
+        status: ModelDeploymentStatus,
+        now: datetime,
+        owned: list[Obj] | None,
     ) -> tuple[dict[str, str], float, list[str]]:
         """Make the InferenceServices match the versions to serve. Returns the Ready ones'
         URLs, the seconds until a retired one is due for deletion (inf: none), and what could
         not be done (one failing version must not stop the others, nor a rollback)."""
         meta, spec = obj["metadata"], md.spec
         namespace = meta["namespace"]
-        existing = {
-            o["metadata"].get("labels", {}).get(isvc.VERSION_LABEL): o
-            for o in self.kube.list_inference_services(namespace, isvc.selector(meta["name"]))
-        }
+        if owned is None:
+            owned = self.kube.list_inference_services(namespace, isvc.selector(meta["name"]))
+        existing = {o["metadata"].get("labels", {}).get(isvc.VERSION_LABEL): o for o in owned}
         served = rollout.served_versions(spec, status)
         endpoints: dict[str, str] = {}
         problems: list[str] = []
@@ -204,7 +221,11 @@ class ClusterController:
             try:
                 return self.kube.create_inference_service(body)
             except Conflict:
-                # We list by our labels, so the name is taken by an object we do not manage.
+                # Ours already, if the watch we read them from had not caught up with our own
+                # create; else the name is taken by an object we do not manage.
+                taken = self.kube.get_inference_service(meta["namespace"], meta["name"])
+                if _controller(taken) == _controller(body):
+                    return self._ensure(taken, body)
                 raise KubeError(
                     409,
                     f"an InferenceService named {meta['name']} already exists in "
@@ -276,11 +297,11 @@ class ClusterController:
 
     def _write_status(self, obj: Obj, status: ModelDeploymentStatus) -> Obj | None:
         """Patch the status over the object as read; None, writing nothing, when what the
-        decision rests on has changed since (say, a new candidate edited in meanwhile).
+        decision rests on has changed since (say, a new candidate edited in meanwhile, or
+        a pass on a body older than this operator's own last status).
 
-        Writes that only touch other metadata (kopf's own annotations and finalizer, which
-        it writes around each handler) are no reason to decide again: the patch is retried
-        over them."""
+        Writes that only touch other metadata (labels, annotations other than the action)
+        are no reason to decide again: the patch is retried over them."""
         meta = obj["metadata"]
         namespace, name, version = meta["namespace"], meta["name"], meta["resourceVersion"]
         for _ in range(3):
@@ -299,11 +320,19 @@ class ClusterController:
         return None
 
 
+def _controller(obj: Obj) -> str | None:
+    """The uid of the object's controlling owner."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller")), None)
+
+
 def _decided_on(obj: Obj) -> tuple[Any, ...]:
-    """What a pass's decision depends on besides status (only the operator writes it): the
-    spec, whose every change moves the generation, and the action annotation."""
+    """What a pass's decision rests on: the spec, whose every change moves the generation,
+    the action annotation, and the status it started from (the operator's own, but a body
+    from a watch may predate the operator's last write)."""
     meta = obj["metadata"]
-    return meta.get("generation"), (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+    action = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+    return meta.get("generation"), action, obj.get("status")
 
 
 def _status(obj: Obj) -> ModelDeploymentStatus:

@@ -146,6 +146,12 @@ class FakeKube:
             if ns == namespace and _matches(o["metadata"].get("labels", {}), selector)
         ]
 
+    def get_inference_service(self, namespace: str, name: str) -> Obj:
+        try:
+            return copy.deepcopy(self.isvcs[(namespace, name)])
+        except KeyError:
+            raise NotFound(404, f'inferenceservices "{name}" not found') from None
+
     def create_inference_service(self, body: Obj) -> Obj:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])

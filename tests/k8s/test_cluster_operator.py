@@ -199,6 +199,7 @@ class Operators:
             "--priority", str(priority),
             "--metrics-port", str(free_port()),
             "--health-port", str(free_port()),
+            "--listen-address", "127.0.0.1",
             "--scrape-interval", "1",
         ]  # fmt: skip
         env = {"KUBECONFIG": str(self.kubeconfig), "POD_ID": name}

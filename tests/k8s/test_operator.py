@@ -18,7 +18,13 @@ import kopf
 import pytest
 
 from services.controller.cluster import ClusterController
-from services.controller.operator import Handlers, OperatorMetrics, configure, register
+from services.controller.operator import (
+    Handlers,
+    OperatorMetrics,
+    PeeringGate,
+    configure,
+    register,
+)
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
 from tests.k8s.validate import errors
 from turnout.core.observation import Metrics, MetricsQuery, VersionMetrics
@@ -54,16 +60,6 @@ def deployment(**spec: Any) -> dict[str, Any]:
     }
 
 
-KOPF = kopf.OperatorSettings()
-configure(KOPF, peering="turnout", clusterwide=True)
-
-
-def essence(obj: dict[str, Any]) -> Any:
-    body = kopf.Body(copy.deepcopy(obj))
-    built = KOPF.persistence.diffbase_storage.build(body=body)
-    return KOPF.persistence.progress_storage.clear(essence=built)
-
-
 class Cluster:
     def __init__(self) -> None:
         self.kube = FakeKube(namespace=NS)
@@ -82,44 +78,42 @@ class Cluster:
 
     def create(self, doc: dict[str, Any]) -> None:
         self.kube.add_deployment(doc)
-        self._run(self.handlers.changed(NS, doc["metadata"]["name"]))
+        name = doc["metadata"]["name"]
+        self._run(self.handlers.deployment_event("ADDED", self.kube.get_deployment(NS, name)))
 
     def edit(self, patch: dict[str, Any], name: str = "fraud") -> None:
         self.kube.patch_deployment(NS, name, patch)
-        self._run(self.handlers.changed(NS, name))
+        self._run(self.handlers.deployment_event("MODIFIED", self.kube.get_deployment(NS, name)))
 
     def ready(self, version: str, ready: bool = True) -> None:
         self.kube.set_ready(NS, f"fraud-{version}", ready)
-        self._run(self.handlers.isvc_changed(NS, {"turnout.dev/deployment": "fraud"}))
+        server = copy.deepcopy(self.kube.isvcs[(NS, f"fraud-{version}")])
+        self._run(self.handlers.isvc_event("MODIFIED", server))
 
     def tick(self, after: float = 0.0) -> None:
         self.now += timedelta(seconds=after)
         self._run(self.handlers.tick(NS, "fraud"))
 
     def delete(self, name: str = "fraud") -> None:
+        body = self.kube.get_deployment(NS, name)
         self.kube.delete_deployment(NS, name)
-        self._run(self.handlers.deleted(NS, name))
+        self._run(self.handlers.deployment_event("DELETED", body))
 
     def _run(self, coro: Any) -> None:
-        """Run a handler, then what kopf would run next: an update handler for each change
-        the operator itself made to the spec or annotations (its write-back, a cleared
-        action)."""
-        seen = self._essence()
+        """Run a handler, then what the watch delivers next: the deployment as the operator's
+        own writes left it (its write-back, a cleared action), until a delivery changes
+        nothing (the handler passes again only when spec or action changed)."""
         asyncio.run(coro)
         for _ in range(5):
-            now = self._essence()
-            if now == seen:
+            if (NS, "fraud") not in self.kube.deployments:
                 break
-            seen = now
-            asyncio.run(self.handlers.changed(NS, "fraud"))
+            before = len(self.kube.writes)
+            body = self.kube.get_deployment(NS, "fraud")
+            asyncio.run(self.handlers.deployment_event("MODIFIED", body))
+            if len(self.kube.writes) == before:
+                break
         for (_, name), obj in self.kube.isvcs.items():
             assert errors(obj) == [], name
-
-    def _essence(self) -> Any:
-        """What kopf compares to decide an update handler is due, with turnout's settings."""
-        if (NS, "fraud") not in self.kube.deployments:
-            return None
-        return essence(self.kube.deployments[(NS, "fraud")])
 
     # --- reading back --------------------------------------------------------------------
 
@@ -312,10 +306,10 @@ def test_each_pass_patches_status_at_most_once(cluster: Cluster):
     per_pass: list[int] = []
     reconcile = cluster.controller.reconcile
 
-    def counted(namespace: str, name: str):
+    def counted(namespace: str, name: str, **given: Any):
         before = len(cluster.kube.writes)
         try:
-            return reconcile(namespace, name)
+            return reconcile(namespace, name, **given)
         finally:
             new = cluster.kube.writes[before:]
             per_pass.append(sum(1 for w in new if w[0] == "patch-status"))
@@ -630,25 +624,25 @@ def test_an_edit_made_while_deciding_is_not_overwritten_by_a_stale_promotion(
     assert cluster.isvc_names() == ["fraud-v1", "fraud-v2", "fraud-v3"]
 
 
-def test_kopfs_own_annotations_written_meanwhile_do_not_hold_the_pass(
+def test_other_metadata_written_meanwhile_does_not_hold_the_pass(
     cluster: Cluster, monkeypatch, caplog: pytest.LogCaptureFixture
 ):
-    """kopf writes its bookkeeping annotations around each handler; a pass that raced one
-    still lands (its status patch is retried over them), the spec being unchanged."""
+    """A label added while a pass decides (by a user, by another tool) is no reason to decide
+    again: the pass's status patch is retried over it, the spec being unchanged."""
     serving(cluster)
     cluster.edit(
         {"spec": {"candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"}}}
     )
     cluster.ready("v2")
     analyse = cluster.metrics.observe
-    note = {"metadata": {"annotations": {"kopf.turnout.dev/last-handled-configuration": "{}"}}}
+    note = {"metadata": {"labels": {"team": "risk"}}}
 
-    def kopf_wrote_meanwhile(query: MetricsQuery) -> Metrics:
+    def labelled_meanwhile(query: MetricsQuery) -> Metrics:
         cluster.kube.patch_deployment(NS, "fraud", note)
         monkeypatch.setattr(cluster.metrics, "observe", analyse)
         return analyse(query)
 
-    monkeypatch.setattr(cluster.metrics, "observe", kopf_wrote_meanwhile)
+    monkeypatch.setattr(cluster.metrics, "observe", labelled_meanwhile)
     with caplog.at_level(logging.INFO, logger="turnout.operator"):
         cluster.tick(after=61)
     assert cluster.weight() == 50
@@ -658,28 +652,84 @@ def test_kopfs_own_annotations_written_meanwhile_do_not_hold_the_pass(
 # --- kopf wiring ------------------------------------------------------------------------------
 
 
-def test_handlers_are_registered_for_every_trigger():
+def test_kopf_only_watches_so_it_writes_nothing_on_the_objects():
+    """No change handler (kopf would keep its progress in annotations) and no timer or daemon
+    (kopf would put its finalizer on every ModelDeployment, and deleting one would wait for a
+    running operator): events, an index of the InferenceServices, and our own timers."""
     registry = kopf.OperatorRegistry()
     register(Handlers(Cluster().controller, OperatorMetrics()), registry)
-    changing = registry._changing.get_all_handlers()
-    reasons = sorted({str(r) for h in changing for r in (h.reason,) if r is not None})
-    assert {"create", "update", "resume"} <= {r.split(".")[-1].lower() for r in reasons} | {
-        "resume" for h in changing if h.initial
-    }
-    assert registry._spawning.get_all_handlers(), "a timer per ModelDeployment"
+    assert registry._changing.get_all_handlers() == []
+    assert registry._spawning.get_all_handlers() == []
     watching = registry._watching.get_all_handlers()
-    assert len(watching) == 2, "deletions, and InferenceService events reaching their owner"
+    assert len(watching) == 2, "ModelDeployment events, and InferenceService events"
+    assert len(registry._indexing.get_all_handlers()) == 1
 
 
-def test_an_action_annotation_is_a_change_kopf_reacts_to():
-    obj = Cluster().kube.add_deployment(deployment())
-    annotated = copy.deepcopy(obj)
-    annotated["metadata"]["annotations"] = {ACTION_ANNOTATION: "abort"}
-    assert essence(annotated) != essence(obj)
-    # ... while kopf's own bookkeeping is not.
-    kopf_note = copy.deepcopy(obj)
-    kopf_note["metadata"]["annotations"] = {"kopf.turnout.dev/last-handled-configuration": "{}"}
-    assert essence(kopf_note) == essence(obj)
+def test_a_pass_runs_for_spec_and_action_edits_not_for_status_writes(cluster: Cluster):
+    passes: list[dict[str, Any] | None] = []
+    reconcile = cluster.controller.reconcile
+
+    def counted(namespace: str, name: str, **given: Any):
+        passes.append(given.get("obj"))
+        return reconcile(namespace, name, **given)
+
+    cluster.controller.reconcile = counted  # type: ignore[method-assign]
+    handlers = cluster.handlers
+    body = cluster.kube.add_deployment(deployment())
+    asyncio.run(handlers.deployment_event(None, body))  # listed at start: a pass
+    assert len(passes) == 1 and passes[0] is not None  # on the body delivered: no read
+    body = cluster.kube.get_deployment(NS, "fraud")
+    asyncio.run(handlers.deployment_event("MODIFIED", body))  # its own status write: nothing
+    assert len(passes) == 1
+
+    cluster.kube.patch_deployment(NS, "fraud", {"metadata": {"labels": {"team": "risk"}}})
+    asyncio.run(handlers.deployment_event("MODIFIED", cluster.kube.get_deployment(NS, "fraud")))
+    assert len(passes) == 1
+    for patch in (
+        {"metadata": {"annotations": {ACTION_ANNOTATION: "abort"}}},
+        {"spec": {"paused": True}},
+    ):
+        cluster.kube.patch_deployment(NS, "fraud", patch)
+        body = cluster.kube.get_deployment(NS, "fraud")
+        asyncio.run(handlers.deployment_event("MODIFIED", body))
+    assert len(passes) == 3
+
+
+def test_an_inference_service_changing_readiness_or_spec_passes_its_owner(cluster: Cluster):
+    serving(cluster)
+    passes: list[str] = []
+    reconcile = cluster.controller.reconcile
+
+    def counted(namespace: str, name: str, **given: Any):
+        passes.append(name)
+        return reconcile(namespace, name, **given)
+
+    cluster.controller.reconcile = counted  # type: ignore[method-assign]
+    server = copy.deepcopy(cluster.kube.isvcs[(NS, "fraud-v1")])
+    asyncio.run(cluster.handlers.isvc_event("MODIFIED", server))  # nothing new
+    assert passes == []
+    cluster.ready("v1", ready=False)
+    assert passes[:1] == ["fraud"]
+
+
+def test_peering_gate_holds_timers_while_another_replica_acts():
+    gate = PeeringGate(peerings=2)
+    assert not gate.active()  # each peering starts paused until its first look at the peers
+    log = logging.getLogger("kopf.tests")
+    kopf_log = logging.getLogger("kopf")
+    level = kopf_log.level
+    kopf_log.setLevel(logging.INFO)
+    gate.install()
+    try:
+        log.info("Resuming operations after the pause.")
+        assert not gate.active()
+        log.info("Resuming operations after the pause.")
+        assert gate.active()
+        log.info("Pausing operations in favour of [<Peer other: priority=200>].")
+        assert not gate.active()
+    finally:
+        kopf_log.removeHandler(gate)
+        kopf_log.setLevel(level)
 
 
 def test_the_operator_logs_in_like_the_rest_of_turnout():
@@ -699,8 +749,7 @@ def test_a_deployment_gone_before_its_pass_stops_being_reported(cluster: Cluster
     )
 
 
-def test_only_one_replica_acts_and_kopf_keeps_out_of_status():
+def test_only_one_replica_acts():
     settings = kopf.OperatorSettings()
     configure(settings, peering="turnout", clusterwide=True)
     assert settings.peering.mandatory and settings.peering.name == "turnout"
-    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)

@@ -88,6 +88,8 @@ class KubeApi(Protocol):
 
     def list_inference_services(self, namespace: str, selector: str) -> list[Obj]: ...
 
+    def get_inference_service(self, namespace: str, name: str) -> Obj: ...
+
     def create_inference_service(self, body: Obj) -> Obj: ...
 
     def patch_inference_service(self, namespace: str, name: str, patch: Obj) -> Obj: ...
@@ -109,24 +111,38 @@ class Kube:
         self._namespace = namespace
 
     @classmethod
-    def connect(cls, *, kubeconfig: str | None = None, context: str | None = None) -> Kube:
-        """In a pod: the service account. Elsewhere: the kubeconfig, as kubectl reads it."""
+    def connect(
+        cls,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        connections: int | None = None,
+    ) -> Kube:
+        """In a pod: the service account. Elsewhere: the kubeconfig, as kubectl reads it.
+
+        ``connections``: kept-alive connections to the API server, for callers that make
+        calls from that many threads at once (the client's default is a few per CPU)."""
         from kubernetes import client, config
 
+        settings = client.Configuration()
         explicit = kubeconfig is not None or context is not None or "KUBECONFIG" in os.environ
         if not explicit and _SA_NAMESPACE.exists():
-            config.load_incluster_config()
-            return cls(client.ApiClient(), namespace=_SA_NAMESPACE.read_text().strip())
-        try:
-            api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
-            _, active = config.list_kube_config_contexts(config_file=kubeconfig)
-        except config.ConfigException as exc:
-            raise KubeError(0, f"kubeconfig: {exc}") from None
-        if context is not None:
-            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
-            active = next((c for c in contexts if c["name"] == context), active)
-        namespace = (active or {}).get("context", {}).get("namespace") or "default"
-        return cls(api_client, namespace=namespace)
+            config.load_incluster_config(client_configuration=settings)
+            namespace = _SA_NAMESPACE.read_text().strip()
+        else:
+            try:
+                config.load_kube_config(
+                    config_file=kubeconfig, context=context, client_configuration=settings
+                )
+                contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+            except config.ConfigException as exc:
+                raise KubeError(0, f"kubeconfig: {exc}") from None
+            if context is not None:
+                active = next((c for c in contexts if c["name"] == context), active)
+            namespace = (active or {}).get("context", {}).get("namespace") or "default"
+        if connections is not None:
+            settings.connection_pool_maxsize = connections
+        return cls(client.ApiClient(settings), namespace=namespace)
 
     def default_namespace(self) -> str:
         return self._namespace
@@ -225,6 +241,16 @@ class Kube:
             label_selector=selector,
         )
         return list(out.get("items", []))
+
+    def get_inference_service(self, namespace: str, name: str) -> Obj:
+        return self._call(
+            self._custom.get_namespaced_custom_object,
+            KSERVE_GROUP,
+            KSERVE_VERSION,
+            namespace,
+            KSERVE_PLURAL,
+            name,
+        )
 
     def create_inference_service(self, body: Obj) -> Obj:
         return self._call(
