@@ -72,9 +72,10 @@ def process(args: list[str], ready_url: str, log_name: str) -> Iterator[subproce
         log.close()
 
 
-def router(routes: Path) -> tuple[str, contextmanager]:  # type: ignore[type-arg]
-    """`turnout route` on a free port: (base URL, context manager running it)."""
-    port = free_port()
+def router(routes: Path, *extra: str, port: int | None = None) -> tuple[str, contextmanager]:  # type: ignore[type-arg]
+    """`turnout route` on a free port (or ``port``), with ``extra`` arguments: (base URL,
+    context manager running it)."""
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     args = [
         sys.executable,
@@ -85,6 +86,7 @@ def router(routes: Path) -> tuple[str, contextmanager]:  # type: ignore[type-arg
         str(routes),
         "--port",
         str(port),
+        *extra,
     ]
     return base, process(args, f"{base}/v2/health/ready", f"router-{port}.log")
 

@@ -2,7 +2,8 @@
 
 Reads ModelDeployments from ``$TURNOUT_HOME/deployments``, serves the versions they name,
 judges rollouts from Prometheus (``--prometheus URL``) or, without one, by scraping the router
-and the model servers directly (``--router URL``), and writes the router's route table.
+and the model servers directly (``--router URL``), A/B tests from the routers' outcome ledgers
+(``--ledger DIR``, $TURNOUT_HOME/ab by default), and writes the router's route table.
 SIGTERM or Ctrl-C stops it and the model servers it started; SIGKILL leaves them serving for
 the next run to adopt.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 from services.controller import decisions
 from services.controller.local import LocalController
 from services.controller.supervisor import Supervisor
-from turnout.core.observation import MetricsProvider
+from turnout.core.observation import MetricsProvider, WithLedger
+from turnout.io.ab_store import DirectoryLedger
 from turnout.io.deployments import DeploymentStore
 from turnout.io.settings import settings, use_local_model_store
 
@@ -30,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets-file", type=Path, help="Prometheus file_sd targets to write")
     parser.add_argument("--poll", type=float, default=0.1, help="seconds between passes")
     parser.add_argument("--scrape-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--ledger", type=Path, help="the routers' A/B ledger directory (default: home/ab)"
+    )
     args = parser.parse_args(argv)
     decisions.configure_logging(fmt="%(asctime)s controller %(message)s")
     use_local_model_store()
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     controller = LocalController(
         store=DeploymentStore(home),
         supervisor=supervisor,
-        metrics=metrics,
+        metrics=WithLedger(metrics, DirectoryLedger(args.ledger or home / "ab")),
         routes_file=args.routes or home / "routes.yaml",
         poll_s=args.poll,
     )

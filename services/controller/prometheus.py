@@ -1,6 +1,7 @@
 """MetricsProvider on the Prometheus HTTP API: the queries in queries.py, answered by
 ``GET /api/v1/query``. Used in the cluster, and locally when the platform runs a Prometheus
-(turnout/cli/prometheus_server.py).
+(turnout/cli/prometheus_server.py). A/B outcomes are not metrics: they come from the routers'
+ledgers (turnout.core.observation.WithLedger).
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ class PrometheusProvider:
             candidate=version(query.candidate_variant, query.candidate_version),
             shadow_agreement=self._value(queries.shadow_agreement(model, window), at),
             shadow_compared=self._value(queries.shadow_compared(model, window), at) or 0.0,
-            ab=queries.read_ab_moments(self._query(queries.ab_moments(model), at)),
         )
 
     def _value(self, expr: str, at: float) -> float | None:

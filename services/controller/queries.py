@@ -11,9 +11,6 @@ the provider turns both into ``None``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-
-from turnout.core.stats import Moments
 
 #: rate() needs two samples in the range; four scrape intervals survive a missed scrape.
 MIN_SCRAPES_PER_WINDOW = 4
@@ -23,7 +20,6 @@ MIN_DRIFT_ROWS = 200
 CALLS = "turnout_router_upstream_calls_total"
 DURATION = "turnout_router_upstream_duration_seconds"
 AGREEMENT = "turnout_shadow_agreement_total"
-AB = "turnout_ab_outcomes"
 PSI = "turnout_model_prediction_psi"
 DRIFT_ROWS = "turnout_model_drift_window_rows"
 
@@ -84,20 +80,3 @@ def prediction_psi(model: str, version: str, *, min_rows: int = MIN_DRIFT_ROWS) 
     sel = _selector(model=model, version=version)
     # `and` pairs each server's PSI with its own row count (same labels but the name).
     return f"max({PSI}{sel} and ({DRIFT_ROWS}{sel} >= {min_rows}))"
-
-
-def ab_moments(model: str) -> str:
-    """A/B count, sum and sum of squares per arm, summed over router replicas."""
-    return f"sum by (arm, stat) ({AB}{_selector(model=model)})"
-
-
-def read_ab_moments(rows: Iterable[tuple[Mapping[str, str], float]]) -> dict[str, Moments]:
-    """``{arm: Moments}`` from the (labels, value) rows that ``ab_moments`` answers."""
-    stats: dict[str, dict[str, float]] = {}
-    for labels, value in rows:
-        if "arm" in labels and "stat" in labels:
-            stats.setdefault(labels["arm"], {})[labels["stat"]] = value
-    return {
-        arm: Moments(n=s.get("count", 0.0), sum=s.get("sum", 0.0), sumsq=s.get("sumsq", 0.0))
-        for arm, s in stats.items()
-    }

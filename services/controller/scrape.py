@@ -7,8 +7,9 @@ each query from the difference between now and the newest earlier scrape at leas
 
 The first observe() has nothing earlier: it becomes the baseline and answers an empty window
 (no requests, rates unknown). The rollout core holds such an analysis as "insufficient data"
-and retries it; each retry's window then reaches back to that baseline. Gauges (A/B moments,
-prediction PSI) are read as they are now. The quantile is computed from bucket increases with
+and retries it; each retry's window then reaches back to that baseline. Gauges (prediction
+PSI) are read as they are now; A/B outcomes come from the routers' ledgers, not from metrics
+(turnout.core.observation.WithLedger). The quantile is computed from bucket increases with
 the same interpolation as PromQL's histogram_quantile, so both providers agree on one histogram.
 """
 
@@ -161,7 +162,6 @@ class ScrapeProvider:
             candidate=version(query.candidate_variant, query.candidate_version),
             shadow_agreement=agreed / compared if compared > 0 else None,
             shadow_compared=compared,
-            ab=queries.read_ab_moments(select(current, queries.AB, model=model)),
         )
 
     def _baseline(self, now: float, window_s: float) -> Samples | None:

@@ -3,8 +3,8 @@
 A raw ASGI app (no framework in the hot path). ``Router`` is the entry point: it holds the route
 table, runs the lifespan, matches paths, checks the caller's API key (auth), looks the model up
 and answers what needs no model server (health, metadata passed through, errors). Inference
-goes to forward (arm, retry, fallback), good replies to shadow (mirroring), outcomes to
-feedback (A/B statistics).
+goes to forward (arm, retry, fallback, assignment token), good replies to shadow (mirroring),
+outcomes to feedback (checked against their token, written to this replica's A/B ledger).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.router.asgi import error, header, respond
+from services.router.assignment import Tokens
 from services.router.auth import OPEN_PATHS, Auth
 from services.router.feedback import Feedback
 from services.router.forward import RETURNED, Client, Forwarder, Pin
@@ -28,13 +29,25 @@ from turnout import __version__
 from turnout.core.api_keys import Action, ApiKey, Denied, permit
 from turnout.core.assign import Arm
 from turnout.core.spec import ModelRoute, RouteTable
+from turnout.io.ab_store import LedgerStore, MemoryLedger, default_replica_id
 from turnout_sdk.http import Receive, Scope, Send
 
 log = logging.getLogger("turnout.router")
 
 
 class Router:
-    def __init__(self, *, shadow_max_inflight: int = 64, log_payloads: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        shadow_max_inflight: int = 64,
+        log_payloads: bool = False,
+        tokens: Tokens | None = None,
+        ledger: LedgerStore | None = None,
+        replica: str | None = None,
+    ) -> None:
+        """``tokens``: the assignment-token secret (default: a random one for this process);
+        ``ledger``: where accepted A/B outcomes go (default: memory, for tests);
+        ``replica``: this replica's id in the ledger."""
         self.metrics = RouterMetrics()
         self.table: RouteTable | None = None
         #: The source has loaded and routes no model (a cluster with no ModelDeployment yet):
@@ -49,9 +62,19 @@ class Router:
         self.shadow = ShadowMirror(
             self.client.attempt, self.metrics, max_inflight=shadow_max_inflight
         )
-        self.feedback = Feedback(self.metrics)
+        self.tokens = tokens if tokens is not None else Tokens(None)
+        self.feedback = Feedback(
+            self.metrics,
+            self.tokens,
+            ledger if ledger is not None else MemoryLedger(),
+            replica=replica or default_replica_id(),
+        )
         forwarder = Forwarder(
-            self.client, self.metrics, mirror=self.shadow.mirror, log_payloads=log_payloads
+            self.client,
+            self.metrics,
+            mirror=self.shadow.mirror,
+            log_payloads=log_payloads,
+            issue=self.tokens.issue,
         )
         # Bound once: an inference request looks up one attribute here, as it did when
         # forwarding was a method of this class.
@@ -91,15 +114,18 @@ class Router:
             "lastError": self.last_error,
             "table": self.table.model_dump(mode="json", by_alias=True) if self.table else None,
             "auth": self.auth.describe() if self.auth else {"enabled": False},
+            "feedback": {**self.tokens.describe(), "replica": self.feedback.replica},
         }
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.client.start()
+        self.feedback.start()
 
     async def stop(self) -> None:
         await self.shadow.drain()
+        await self.feedback.stop()
         await self.client.stop()
 
     # --- ASGI ---------------------------------------------------------------------------

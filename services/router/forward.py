@@ -2,8 +2,9 @@
 
 Per request: pick the arm (turnout.core.assign; a version in the path pins it), forward the body
 untouched, retry a failed candidate once on stable, answer with the route's fallback when stable
-fails too, hand a good reply to the shadow mirror, and write one access record. Nothing per
-request is stored.
+fails too, hand a good reply to the shadow mirror, give a successful reply of a split its
+assignment token (services/router/assignment.py), and write one access record. Nothing per
+request is stored: the token carries what feedback needs.
 
 ``Client`` owns the pooled HTTP client: every call the router makes to a model server goes
 through it (inference, shadow copies, metadata), so the client can be swapped in one place.
@@ -31,6 +32,7 @@ from services.router.metrics import RouterMetrics
 from services.router.upstream import BadResponse, Response, UpstreamClient, UpstreamError
 from turnout.core.assign import Arm, assign
 from turnout.core.spec import ModelRoute, Upstream
+from turnout.core.tokens import HEADER as ASSIGNMENT
 from turnout_sdk import protocol as oip
 from turnout_sdk.http import Receive, Scope, Send
 
@@ -55,6 +57,8 @@ class Reply:
 
 #: Hands a good primary reply to the shadow: (model, route, kind, body, headers, reply).
 Mirror = Callable[[str, ModelRoute, RequestKind, bytes, Mapping[str, str], Reply], None]
+#: The assignment token for a reply: (model, route, assigned arm) -> token, None without a split.
+Issue = Callable[[str, ModelRoute, Arm], "str | None"]
 
 
 class Client:
@@ -133,11 +137,18 @@ class Forwarder:
     """Answers inference requests: arm, attempt, retry, fallback, mirror, access record."""
 
     def __init__(
-        self, client: Client, metrics: RouterMetrics, *, mirror: Mirror, log_payloads: bool
+        self,
+        client: Client,
+        metrics: RouterMetrics,
+        *,
+        mirror: Mirror,
+        log_payloads: bool,
+        issue: Issue | None = None,
     ) -> None:
         self.metrics = metrics
         self._attempt = client.attempt
         self._mirror = mirror
+        self._issue = issue
         self._log_payloads = log_payloads
         self._answered = metrics.answered
         self._access = AccessLog()
@@ -166,6 +177,7 @@ class Forwarder:
             target = route.candidate if arm is Arm.CANDIDATE and route.candidate else route.stable
 
         reply = await self._attempt(target, name, kind, body, headers, route.timeout_ms, arm)
+        assigned = arm
         retried = False
         if not reply.ok and arm is Arm.CANDIDATE and route.retry_on_stable and pin is None:
             self.metrics.retries.labels(name, reply.reason).inc()
@@ -188,6 +200,14 @@ class Forwarder:
             )
         elif route.shadow is not None and reply.status == 200 and pin is None:
             self._mirror(name, route, kind, body, headers, reply)
+        if (
+            route.candidate is not None
+            and pin is None
+            and 200 <= status < 300
+            and self._issue is not None
+            and (token := self._issue(name, route, assigned)) is not None
+        ):
+            out[ASSIGNMENT] = token
         await respond(send, status, payload, out)
 
         elapsed = time.perf_counter() - started

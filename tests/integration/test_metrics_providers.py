@@ -3,7 +3,9 @@
 One platform for the module: stable fraud:v1 (a real model server), a candidate that answers
 after 40 ms and fails the requests whose id starts with ``fail-``, and v1 again as a 100%
 shadow. Known traffic and feedback go through the router; then both providers must report
-exactly what was sent: Prometheus through PromQL, the scrape provider from /metrics deltas.
+exactly what was sent: Prometheus through PromQL, the scrape provider from /metrics deltas. A/B
+outcomes are no metric the decision reads: the controller takes them from the router's ledger
+(WithLedger), which must hold exactly the outcomes sent.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,9 @@ from training import store
 from training.data import features_matrix, generate
 from training.model import predict_proba
 from turnout.cli import prometheus_server
+from turnout.core.ab_ledger import experiment_id
 from turnout.core.assign import Arm, assign
-from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable
+from turnout.core.observation import Metrics, MetricsQuery, MetricsUnavailable, WithLedger
 from turnout.core.stats import Moments
 
 slow = pytest.mark.slow
@@ -42,6 +45,9 @@ FEEDBACK = 60
 WINDOW_S = 120.0  # longer than the module runs: every window holds all of the traffic
 CANARY = MetricsQuery("fraud", "v1", "slow", "candidate", WINDOW_S)
 SHADOW = MetricsQuery("fraud", "v1", "v1", "shadow", WINDOW_S)
+#: The canary's analysis as an A/B test's: the query names the experiment.
+AB = replace(CANARY, experiment=experiment_id(model="fraud", candidate="slow", salt=""))
+AB_GAUGE = "turnout_ab_outcomes"
 
 #: The candidate: a v2 infer endpoint that answers 0.0 after a delay, or 500 when asked to.
 FLAKY = """
@@ -83,6 +89,8 @@ class Platform:
     scraped: dict[str, Metrics]
     #: The v1 server's own prediction PSI gauge after the traffic.
     psi: float
+    #: The router's A/B ledger directory.
+    ledger: Path
 
 
 def _v2(x: np.ndarray) -> dict[str, Any]:
@@ -135,9 +143,9 @@ def _sent(expected: dict[str, Any], psi: float) -> dict[str, float]:
         f'sum({calls}{{variant="shadow"}})': REQUESTS,
         f"sum({queries.DURATION}_count)": every,
         f"sum({queries.AGREEMENT})": REQUESTS,
-        f'sum({queries.AB}{{stat="count"}})': sum(m.n for m in ab),
-        f'sum({queries.AB}{{stat="sum"}})': sum(m.sum for m in ab),
-        f'sum({queries.AB}{{stat="sumsq"}})': sum(m.sumsq for m in ab),
+        f'sum({AB_GAUGE}{{stat="count"}})': sum(m.n for m in ab),
+        f'sum({AB_GAUGE}{{stat="sum"}})': sum(m.sum for m in ab),
+        f'sum({AB_GAUGE}{{stat="sumsq"}})': sum(m.sumsq for m in ab),
         f"max({queries.PSI})": psi,
         f"sum({queries.DRIFT_ROWS})": expected["stable_calls"] + REQUESTS,
     }
@@ -173,7 +181,8 @@ def platform(trained, tmp_path_factory, prometheus_dir) -> Iterator[Platform]:
             }
         )
     )
-    router_url, front = router(routes)
+    ledger = tmp_path_factory.mktemp("ab")
+    router_url, front = router(routes, "--ledger", str(ledger))
     servers = {"v1": v1_url, "slow": flaky_url}
 
     targets = prometheus_dir / "targets.json"
@@ -221,7 +230,7 @@ def platform(trained, tmp_path_factory, prometheus_dir) -> Iterator[Platform]:
                 "shadow": scrape.observe(SHADOW),
             }
             scrape.close()
-            yield Platform(router_url, prom_url, servers, expected, scraped, psi)
+            yield Platform(router_url, prom_url, servers, expected, scraped, psi, ledger)
         finally:
             prom.terminate()
             prom.wait(timeout=20)
@@ -241,6 +250,7 @@ def _drive(client: httpx.Client, tag: str, prometheus: str) -> dict[str, Any]:
     # starts once Prometheus has seen them there.
     _scraped(prometheus, f'count({queries.AGREEMENT}{{model="fraud"}} == 0)', 2)
     candidate = failed = 0
+    tokens = []
     for i in range(REQUESTS):
         key = f"user-{i}"
         on_candidate = assign(weight=50, salt="", key=key, uniform=0) is Arm.CANDIDATE
@@ -253,12 +263,15 @@ def _drive(client: httpx.Client, tag: str, prometheus: str) -> dict[str, Any]:
         assert resp.headers["x-turnout-variant"] == (
             "stable" if fail or not on_candidate else "candidate"
         )
+        tokens.append(resp.headers["turnout-assignment"])
 
     moments: dict[str, Moments] = {}
     for i in range(FEEDBACK):
-        key, outcome = f"buyer-{i}", float(i % 3)
-        resp = client.post("/v2/models/fraud/feedback", json={"key": key, "outcome": outcome})
-        arm = resp.json()["arm"]
+        outcome = float(i % 3)
+        resp = client.post(
+            "/v2/models/fraud/feedback", json={"token": tokens[i], "outcome": outcome}
+        )
+        arm = resp.json()["arm"]  # as assigned: a failed candidate call retried counts candidate
         m = moments.get(arm, Moments())
         moments[arm] = Moments(n=m.n + 1, sum=m.sum + outcome, sumsq=m.sumsq + outcome**2)
     assert set(moments) == {"stable", "candidate"}
@@ -295,7 +308,7 @@ def _check_canary(m: Metrics, platform: Platform, *, exact: bool) -> None:
     assert 0 < m.stable.p99_ms < m.candidate.p99_ms
     assert m.stable.prediction_psi == pytest.approx(platform.psi)
     assert m.candidate.prediction_psi is None  # the fake candidate has no drift gauges
-    assert dict(m.ab) == e["ab"]
+    assert dict(m.ab) == {}  # not a metric: the ledger's (test_the_controller_reads_...)
     assert m.shadow_agreement == 1.0
 
 
@@ -331,6 +344,16 @@ def test_scrape_provider_reports_the_same_numbers(platform: Platform) -> None:
         assert getattr(platform.scraped["canary"], version).p99_ms == pytest.approx(
             getattr(from_prometheus, version).p99_ms, rel=1e-6
         )
+
+
+@slow
+def test_the_controller_reads_the_ab_outcomes_sent_from_the_ledger(platform: Platform) -> None:
+    from turnout.io.ab_store import DirectoryLedger
+
+    with _prometheus(platform) as provider:
+        metrics = WithLedger(provider, DirectoryLedger(platform.ledger)).observe(AB)
+    assert dict(metrics.ab) == platform.expected["ab"]
+    assert metrics.candidate.requests > 0  # the serving metrics are still Prometheus'
 
 
 @slow

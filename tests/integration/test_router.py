@@ -197,10 +197,17 @@ def test_bad_requests(front) -> None:
     assert resp.status_code == 400 and "shape must be [N, 14]" in resp.json()["error"]
 
 
+def feedback(client: httpx.Client, key: str, outcome: float) -> httpx.Response:
+    """The outcome of a request by ``key``, posted with its reply's assignment token."""
+    reply = infer(client, **{"x-user-id": key})
+    token = reply.headers["turnout-assignment"]
+    return client.post("/v2/models/fraud/feedback", json={"token": token, "outcome": outcome})
+
+
 def test_feedback_builds_per_arm_sufficient_statistics(front) -> None:
     outcomes = {f"fb-{i}": float(i % 3) for i in range(60)}
     for key, outcome in outcomes.items():
-        resp = front.post("/v2/models/fraud/feedback", json={"key": key, "outcome": outcome})
+        resp = feedback(front, key, outcome)
         assert resp.status_code == 200
         assert resp.json()["arm"] == assign(weight=30, salt="", key=key, uniform=0).value
     metrics = front.get("/metrics").text
@@ -219,10 +226,12 @@ def test_feedback_builds_per_arm_sufficient_statistics(front) -> None:
                 rf'turnout_ab_outcomes\{{arm="{arm}",model="fraud",stat="{stat}"\}} (\S+)', metrics
             )
             assert float(line.group(1)) == pytest.approx(value)
+    token = infer(front, **{"x-user-id": "k"}).headers["turnout-assignment"]
     for bad, message in (
-        ({"outcome": 1}, "'key'"),
-        ({"key": "k", "outcome": "yes"}, "'outcome'"),
-        ({"key": "k", "outcome": float("inf")}, ""),
+        ({"outcome": 1}, "'token'"),
+        ({"key": "k", "outcome": 1}, "turnout-assignment header"),
+        ({"token": token, "outcome": "yes"}, "'outcome'"),
+        ({"token": token, "outcome": float("inf")}, ""),
     ):
         resp = front.post("/v2/models/fraud/feedback", content=json.dumps(bad))
         assert resp.status_code == 400 and message in resp.json()["error"]
@@ -253,15 +262,14 @@ def test_ab_statistics_restart_when_the_candidate_or_salt_changes(tmp_path, serv
         candidate = {"version": version, "url": servers["r2"], "weight": weight}
         write_routes(path, stable=stable, candidate=candidate, salt=salt)
 
-    def feedback(n: int) -> None:
+    def outcomes(n: int) -> None:
         for i in range(n):
-            resp = client.post("/v2/models/fraud/feedback", json={"key": f"k{i}", "outcome": 1})
-            assert resp.status_code == 200
+            assert feedback(client, f"k{i}", 1).status_code == 200
 
     table("r2", 50, "")
     base, cm = router(path)
     with cm, httpx.Client(base_url=base, timeout=10) as client:
-        feedback(20)
+        outcomes(20)
         assert _ab(client)[("stable", "count")] + _ab(client)[("candidate", "count")] == 20
 
         table("r2", 80, "")  # a new weight is the same experiment: the statistics carry on
@@ -271,7 +279,7 @@ def test_ab_statistics_restart_when_the_candidate_or_salt_changes(tmp_path, serv
         table("r2", 80, "round-2")  # a new salt reshuffles the arms: a new experiment
         wait_for_table(client, lambda t: t["salt"] == "round-2")
         assert set(_ab(client).values()) == {0.0}
-        feedback(5)
+        outcomes(5)
         assert sum(v for (_, stat), v in _ab(client).items() if stat == "sum") == 5
 
         table("r3", 80, "round-2")  # a new candidate version: a new experiment

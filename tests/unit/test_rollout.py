@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.core import rollout
+from turnout.core.ab_ledger import experiment_id
 from turnout.core.observation import Metrics, MetricsQuery, Observation, VersionMetrics
 from turnout.core.rollout import Decision, analysis_due, decide, next_analysis_at, served_versions
 from turnout.core.spec import (
@@ -653,9 +654,12 @@ def test_ab_test_splits_sticky_keys() -> None:
     assert w.status.message == "A/B test: 30% of x-session keys on v2"
     assert w.status.experiment is not None and w.status.experiment.metric == "conversion"
     assert d.requeue_after == 60
+    # The analysis reads the outcomes of this experiment: this candidate under this salt.
+    experiment = experiment_id(model="fraud", candidate="v2", salt=w.status.routing.salt)
     assert analysis_due(w.spec, w.status, at(60)) == MetricsQuery(
-        "fraud", "v1", "v2", "candidate", 60.0
+        "fraud", "v1", "v2", "candidate", 60.0, experiment=experiment
     )
+    assert w.status.routing.salt.startswith("fraud/v2/")
 
 
 def test_ab_test_below_min_samples_is_pending() -> None:
@@ -1094,7 +1098,17 @@ def test_promotion_waits_if_the_candidate_server_went_away() -> None:
         (
             {"strategy": "ABTest", "ab": {"interval": "30s"}},
             30,
-            MetricsQuery("fraud", "v1", "v2", "candidate", 30),
+            MetricsQuery(
+                "fraud",
+                "v1",
+                "v2",
+                "candidate",
+                30,
+                # The rollout started at T0: its salt, hence its experiment, says so.
+                experiment=experiment_id(
+                    model="fraud", candidate="v2", salt=f"fraud/v2/{int(T0.timestamp())}"
+                ),
+            ),
         ),
         ({"paused": True}, 3600, None),
     ],

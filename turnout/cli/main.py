@@ -298,6 +298,19 @@ def serve(tag: str, host: str, port: int, service: str | None) -> None:
     help="keys file (`turnout keys create` writes it): callers need a key from it; re-read "
     "on change. Without it the router is open",
 )
+@click.option(
+    "--token-secret",
+    type=click.Path(dir_okay=False),
+    help="secret file signing A/B assignment tokens (one per line, >= 32 characters; every "
+    "replica the same). Without it, a random secret for this process only",
+)
+@click.option("--token-ttl", help="how long an assignment token is accepted (default: 7d)")
+@click.option(
+    "--ledger",
+    help="where accepted A/B outcomes are kept: a directory (default with --routes: "
+    "$TURNOUT_HOME/ab) or 'configmaps' (default with --kube)",
+)
+@click.option("--replica-id", help="this replica's ledger name (default: $POD_NAME or host-pid)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8080, show_default=True, help="port to listen on")
 def route(
@@ -306,6 +319,10 @@ def route(
     namespace: tuple[str, ...],
     all_namespaces: bool,
     api_keys: str | None,
+    token_secret: str | None,
+    token_ttl: str | None,
+    ledger: str | None,
+    replica_id: str | None,
     host: str,
     port: int,
 ) -> None:
@@ -327,8 +344,15 @@ def route(
         cmd += ["--kube", *(["--all-namespaces"] if all_namespaces else [])]
         for ns in namespace:
             cmd += ["--namespace", ns]
-    if api_keys is not None:
-        cmd += ["--api-keys", api_keys]
+    for flag, value in (
+        ("--api-keys", api_keys),
+        ("--token-secret", token_secret),
+        ("--token-ttl", token_ttl),
+        ("--ledger", ledger),
+        ("--replica-id", replica_id),
+    ):
+        if value is not None:
+            cmd += [flag, value]
     os.execv(cmd[0], cmd)
 
 

@@ -9,9 +9,11 @@ there was no data to compute it (no requests in the window, a drift window still
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from turnout.core import ab_ledger
+from turnout.core.ab_ledger import LedgerReader, LedgerUnavailable
 from turnout.core.stats import Moments
 
 
@@ -38,7 +40,8 @@ class Metrics:
     shadow_agreement: float | None = None
     #: Rows compared between shadow and primary in the window.
     shadow_compared: float = 0.0
-    #: A/B feedback sufficient statistics per arm ("stable", "candidate"), since the split began.
+    #: A/B feedback sufficient statistics per arm ("stable", "candidate"), since the split began:
+    #: every router replica's ledger merged (turnout.core.ab_ledger), each request once.
     ab: Mapping[str, Moments] = field(default_factory=dict)
 
 
@@ -50,6 +53,9 @@ class MetricsQuery:
     #: How the candidate is receiving traffic: weighted ("candidate") or mirrored ("shadow").
     candidate_variant: Literal["candidate", "shadow"]
     window_s: float
+    #: The A/B experiment whose outcomes to read (turnout.core.ab_ledger.experiment_id);
+    #: None when the rollout is no A/B test.
+    experiment: str | None = None
 
 
 class MetricsUnavailable(RuntimeError):
@@ -81,5 +87,23 @@ def observe(
         return Observation(endpoints=endpoints)
     try:
         return Observation(endpoints=endpoints, metrics=provider.observe(query))
-    except MetricsUnavailable as exc:
+    except (MetricsUnavailable, LedgerUnavailable) as exc:
         return Observation(endpoints=endpoints, metrics_error=str(exc))
+
+
+class WithLedger:
+    """A metrics provider whose A/B outcomes come from the routers' ledgers: ``ledger``'s
+    records of the query's experiment, merged (each request once), over whatever ``metrics``
+    said. The serving metrics stay the provider's (Prometheus, scrapes); the A/B verdict
+    depends on the ledger only."""
+
+    def __init__(self, metrics: MetricsProvider, ledger: LedgerReader) -> None:
+        self.metrics = metrics
+        self.ledger = ledger
+
+    def observe(self, query: MetricsQuery) -> Metrics:
+        found = self.metrics.observe(query)
+        if query.experiment is None:
+            return found
+        ledgers = self.ledger.read(model=query.model, experiment=query.experiment)
+        return replace(found, ab=ab_ledger.moments(ledgers))

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from turnout.core import stats
+from turnout.core.ab_ledger import experiment_id
 from turnout.core.observation import Metrics, MetricsQuery, Observation, VersionMetrics
 from turnout.core.spec import (
     Action,
@@ -124,12 +125,18 @@ def analysis_due(
         "shadow" if strategy is StrategyType.SHADOW else "candidate"
     )
     window = spec.analysis.window
+    experiment = None
+    if strategy is StrategyType.AB_TEST:
+        experiment = experiment_id(
+            model=spec.model, candidate=spec.candidate.version, salt=status.routing.salt
+        )
     return MetricsQuery(
         model=spec.model,
         stable_version=spec.stable.version,
         candidate_version=spec.candidate.version,
         candidate_variant=variant,
         window_s=seconds(window) if window else _wait_s(spec, strategy),
+        experiment=experiment,
     )
 
 
