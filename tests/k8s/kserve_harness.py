@@ -7,11 +7,18 @@ each, does what KServe and the kubelet would:
 
 - starts a real model server for the version it names (``turnout.dev/model`` and
   ``turnout.dev/version`` labels -> ``bentoml serve`` of ``model:version`` from the local model
-  store, as ``turnout serve`` runs it, on a free loopback port);
+  store, as ``turnout serve`` runs it, on a free loopback port), with the predictor container's
+  environment (a version's ``env``, fault settings included) as the kubelet would give it; the
+  image's Bento is the built-in fraud server unless ``--service MODEL=TARGET`` names the
+  serving target of that model's images (``--service digits=examples/digits``);
 - writes the status through the status subresource as KServe does: ``Ready=False`` while it
   starts, then ``url`` and ``address.url`` (``http://127.0.0.1:PORT``), ``Ready=True`` and
-  ``observedGeneration``; a spec edit only moves ``observedGeneration`` on;
-- stops the server when the InferenceService is deleted.
+  ``observedGeneration``; a spec edit that changes the container's environment starts a
+  new server (a new revision: the old one answers until the new one is Ready, then stops),
+  any other edit only moves ``observedGeneration`` on;
+- stops the server when the InferenceService is deleted;
+- with ``--targets-file``, keeps a Prometheus file_sd file listing the Ready servers, as a
+  PodMonitor would have Prometheus scrape the model pods.
 
 In *fake readiness* mode (``--fake``, or ``--fake-namespace`` for some namespaces) it starts
 nothing and marks each InferenceService Ready at once with the in-cluster address KServe
@@ -28,14 +35,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,6 +117,12 @@ def starting_status(generation: int | None) -> Obj:
     }
 
 
+def container_env(obj: Obj) -> dict[str, str]:
+    """The predictor container's plain ``env`` entries (name -> value)."""
+    containers = obj.get("spec", {}).get("predictor", {}).get("containers") or [{}]
+    return {e["name"]: e["value"] for e in containers[0].get("env") or [] if "value" in e}
+
+
 @dataclass
 class Server:
     tag: str
@@ -115,6 +131,10 @@ class Server:
     #: The generation the status was last written for.
     generation: int | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    #: The predictor container's environment it was started with.
+    env: dict[str, str] = field(default_factory=dict)
+    #: The server it replaces (a new revision), stopped once this one is Ready.
+    previous: Server | None = None
 
 
 class Harness:
@@ -126,6 +146,8 @@ class Harness:
         fake: bool = False,
         fake_namespaces: frozenset[str] = frozenset(),
         host: str = "127.0.0.1",
+        services: Mapping[str, str] | None = None,
+        targets_file: Path | None = None,
     ) -> None:
         from kubernetes import client
 
@@ -134,6 +156,9 @@ class Harness:
         self.fake = fake
         self.fake_namespaces = fake_namespaces
         self.host = host
+        #: model -> the serving target its images hold (absent: the built-in fraud server).
+        self.services = dict(services or {})
+        self.targets_file = targets_file
         self.servers: dict[tuple[str, str], Server] = {}
         self._lock = threading.Lock()
 
@@ -205,13 +230,18 @@ class Harness:
                 return
             if generation == server.generation:
                 return
-            # Its spec changed (turnout patched it): the same server, current again once
-            # observedGeneration says so.
+            if server.process is not None and container_env(obj) != server.env:
+                # A new revision, as KServe rolls the pods: the old server answers until the
+                # new one is Ready (its URL then), and is stopped after.
+                self.servers[key] = self._start(obj, previous=server)
+                return
+            # Another spec change: the same server, current again once observedGeneration
+            # says so.
             server.generation = generation
             if server.ready.is_set():
                 self._write(key, ready_status(server.url, generation))
 
-    def _start(self, obj: Obj) -> Server:
+    def _start(self, obj: Obj, previous: Server | None = None) -> Server:
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
         labels = meta.get("labels") or {}
@@ -226,7 +256,10 @@ class Harness:
             say("ready", f"{ns}/{name}", tag, url, "(fake)")
             return server
         port = free_port()
-        cmd, env = serve_command(tag, host=self.host, port=port)
+        service = self.services.get(str(labels.get(isvc.MODEL_LABEL)))
+        cmd, env = serve_command(
+            tag, host=self.host, port=port, env=container_env(obj), service=service
+        )
         log = open(f"{env['BENTOML_HOME']}/serve.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
             cmd,
@@ -239,8 +272,9 @@ class Harness:
         )
         log.close()
         url = f"http://{self.host}:{port}"
-        server = Server(tag, url, process, generation)
-        self._write((ns, name), starting_status(generation))
+        server = Server(tag, url, process, generation, env=container_env(obj), previous=previous)
+        if previous is None:
+            self._write((ns, name), starting_status(generation))
         say("starting", f"{ns}/{name}", tag, url, f"pid={process.pid}")
         # Registered by the caller before this thread can look it up: it holds the lock.
         threading.Thread(target=self._await_ready, args=((ns, name), server), daemon=True).start()
@@ -266,13 +300,23 @@ class Harness:
             # The latest generation seen, which a spec edit may have moved on meanwhile.
             self._write(key, ready_status(server.url, server.generation))
             server.ready.set()
+            self._write_targets()
+            previous, server.previous = server.previous, None
         say("ready", "/".join(key), server.tag, server.url)
+        while previous is not None:  # every revision it replaces
+            self._stop(key, previous)
+            previous = previous.previous
 
     def deleted(self, key: tuple[str, str]) -> None:
         with self._lock:
             server = self.servers.pop(key, None)
-        if server is None:
-            return
+            if server is not None:
+                self._write_targets()
+        while server is not None:
+            self._stop(key, server)
+            server = server.previous
+
+    def _stop(self, key: tuple[str, str], server: Server) -> None:
         if server.process is not None:
             terminate(server.process.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -286,6 +330,23 @@ class Harness:
             thread.start()
         for thread in stopping:
             thread.join()
+
+    def _write_targets(self) -> None:
+        """The Ready model servers as Prometheus file_sd targets, replaced atomically (the
+        caller holds the lock)."""
+        if self.targets_file is None:
+            return
+        targets = [
+            {
+                "targets": [server.url.removeprefix("http://")],
+                "labels": {"namespace": ns, "inferenceservice": name},
+            }
+            for (ns, name), server in sorted(self.servers.items())
+            if server.process is not None and server.ready.is_set()
+        ]
+        partial = self.targets_file.with_suffix(".partial")
+        partial.write_text(json.dumps(targets))
+        os.replace(partial, self.targets_file)
 
     def _write(self, key: tuple[str, str], status: Obj) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -324,12 +385,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--namespace", action="append", default=[], help="only these (repeatable)")
     parser.add_argument("--fake", action="store_true", help="fake readiness everywhere")
     parser.add_argument("--fake-namespace", action="append", default=[], help="fake readiness here")
+    parser.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        metavar="MODEL=TARGET",
+        help="what `bentoml serve` runs for this model's images (repeatable)",
+    )
+    parser.add_argument("--targets-file", type=Path, help="Prometheus file_sd of Ready servers")
     args = parser.parse_args(argv)
     harness = Harness(
         config.new_client_from_config(config_file=args.kubeconfig),
         namespaces=frozenset(args.namespace),
         fake=args.fake,
         fake_namespaces=frozenset(args.fake_namespace),
+        services=dict(pair.split("=", 1) for pair in args.service),
+        targets_file=args.targets_file,
     )
     stop = threading.Event()
     # The watch blocks in a socket read; a daemon thread lets SIGTERM end the process at once.
