@@ -23,9 +23,9 @@ analysis falls due: candidates use a 1 h interval). For each N, in a namespace o
   every request on modeldeployments, inferenceservices (except their ``status``
   subresource, which only the harness writes), events and kopfpeerings, minus this script's
   own creates and LISTs (counted here). A reconcile is a
-  pass of ClusterController, which begins with exactly one GET of its ModelDeployment and
-  nothing else GETs single ModelDeployments during that window, so passes = GETs of
-  modeldeployments. ``api_requests_per_deployment`` divides by N instead; the breakdown per
+  pass of ClusterController, counted by the operator itself
+  (``turnout_operator_passes_total`` on its metrics port, read after the same window).
+  ``api_requests_per_deployment`` divides by N instead; the breakdown per
   verb/resource is in ``api_requests``.
 - **rollback_max_ms**: `turnout route --kube` watches the namespace; one ModelDeployment gets
   a candidate (spec edit; the harness makes it Ready, the operator starts the canary at 50%)
@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -318,6 +319,13 @@ def rollback_trials(
     }
 
 
+def operator_passes(port: int) -> int:
+    """Passes the operator has made, from its own counter."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    (value,) = re.findall(r"^turnout_operator_passes_total (\S+)$", text, re.M)
+    return int(float(value))
+
+
 def one_run(
     cluster: Cluster, api: Api, n: int, *, trials: int, timeout_s: float, logs: Path
 ) -> dict[str, Any]:
@@ -337,12 +345,13 @@ def one_run(
     try:
         if not harness.wait_log(r"^watching", 60):
             raise TimeoutError(f"harness not watching:\n{harness.text()[-2000:]}")
+        metrics_port = free_port()
         operator = Proc(
             f"operator-{n}",
             python("-m", "turnout", "operator", "--namespace", ns,
                    "--prometheus", f"http://127.0.0.1:{free_port()}",
                    "--peering", PEERING, "--priority", "100",
-                   "--metrics-port", str(free_port()), "--health-port", str(free_port()),
+                   "--metrics-port", str(metrics_port), "--health-port", str(free_port()),
                    "--listen-address", "127.0.0.1"),
             env=env,
             logs=logs,
@@ -379,7 +388,7 @@ def one_run(
         time.sleep(SETTLE_S)
         after = api.requests()
         ops = operator_requests(before, after, api.mine)
-        passes = ops.get(("GET", PLURAL, ""), 0)
+        passes = operator_passes(metrics_port)
         total = sum(ops.values())
         result: dict[str, Any] = {
             "deployments": n,
@@ -492,8 +501,8 @@ def main() -> None:
         "notes": (
             "apiserver_request_total has no user/user-agent label: operator requests are the "
             "deltas on modeldeployments, inferenceservices (not /status: the harness), events "
-            "and kopfpeerings, minus this script's own creates and LISTs; reconciles = GETs of "
-            "single modeldeployments (one per pass). Admin kubeconfig; readiness faked; "
+            "and kopfpeerings, minus this script's own creates and LISTs; reconciles = the "
+            "operator's turnout_operator_passes_total. Admin kubeconfig; readiness faked; "
             "rollback ms from the command's return to /routes without the candidate (20 ms poll)."
         ),
         "load_avg_at_start": [round(x, 2) for x in load],
