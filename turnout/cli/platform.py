@@ -8,7 +8,9 @@ and the controller judges rollouts from PromQL (without it, from direct scrapes)
 
 The router asks for an API key, as in a cluster: on first start the platform makes one with
 every scope (TURNOUT_HOME/api-key, its hash in TURNOUT_HOME/api-keys.yaml) and the clients it
-starts send it (``headers``).
+starts send it (``headers``). The router signs A/B assignment tokens with TURNOUT_HOME/
+token-secret (made on first start) and keeps accepted outcomes in TURNOUT_HOME/ab, the ledger
+the controller judges A/B tests from.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from turnout.cli import prometheus_server
-from turnout.io.api_keys import LOCAL_KEYS_FILE, local_key
+from turnout.io.api_keys import LOCAL_KEYS_FILE, local_key, local_token_secret
 from turnout.io.processes import free_port, project_root
 
 
@@ -63,6 +65,11 @@ class LocalPlatform:
         return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
+    def ledger_dir(self) -> Path:
+        """The router's A/B outcomes, which the controller reads."""
+        return self.home / "ab"
+
+    @property
     def routes_file(self) -> Path:
         return self.home / "routes.yaml"
 
@@ -89,6 +96,8 @@ class LocalPlatform:
             self.url,
             "--scrape-interval",
             str(self.scrape_interval_s),
+            "--ledger",
+            str(self.ledger_dir),
         ]
         if self.prometheus_url:
             cmd += ["--prometheus", self.prometheus_url]
@@ -116,7 +125,9 @@ class LocalPlatform:
             prometheus_server.wait_ready(self.prometheus_url, proc=self.procs["prometheus"])
         self.start_controller()
         cmd = [sys.executable, "-m", "services.router", "--routes", str(self.routes_file)]
-        cmd += ["--port", str(self.port)]
+        cmd += ["--port", str(self.port), "--replica-id", "local"]
+        cmd += ["--token-secret", str(local_token_secret(self.home))]
+        cmd += ["--ledger", str(self.ledger_dir)]
         if self.auth:
             self.api_key, self.api_key_made = local_key(self.home)
             cmd += ["--api-keys", str(self.keys_file)]

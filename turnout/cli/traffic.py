@@ -1,9 +1,10 @@
 """Synthetic users calling the stable endpoint, for `turnout up`, the demo and benchmarks.
 
 Each request carries a sticky user id and one transaction from the synthetic generator. With
-an ``outcome`` function, every answered request is followed by A/B feedback (the business
-outcome of that user, e.g. a conversion drawn with a rate that depends on the version that
-served them), which is how the A/B test gets its data.
+an ``outcome`` function, every answered request of a split is followed by A/B feedback (the
+business outcome of that user, e.g. a conversion drawn with a rate that depends on the version
+that served them), posted with the reply's assignment token, which is how the A/B test gets
+its data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import httpx
 import orjson
 
+from turnout.core.tokens import HEADER as ASSIGNMENT
+
 #: The business outcome of one served request: f(variant, version, rng) -> number.
 Outcome = Callable[[str, str, random.Random], float]
 #: One request body and what the caller knows about it (e.g. the true label), or None.
@@ -32,6 +35,7 @@ class Counts:
     #: (variant, version, status) -> requests
     replies: collections.Counter[tuple[str, str, int]] = field(default_factory=collections.Counter)
     errors: int = 0
+    #: Outcomes the router accepted (counted).
     feedback: int = 0
 
     def served_by(self, version: str) -> int:
@@ -119,7 +123,8 @@ class Traffic:
         with self._lock:
             self.counts.replies[(variant, version, resp.status_code)] += 1
         outcome, judge = self.outcome, self.judge
-        if resp.status_code != 200:
+        token = resp.headers.get(ASSIGNMENT)
+        if resp.status_code != 200 or token is None:  # no token: no split, nothing to judge
             return
         if judge is not None:
             value = judge(resp.content, known)
@@ -128,11 +133,12 @@ class Traffic:
         else:
             return
         try:
-            client.post(self.feedback_url, json={"key": user, "outcome": value})
+            counted = client.post(self.feedback_url, json={"token": token, "outcome": value})
         except httpx.HTTPError:
             return
-        with self._lock:
-            self.counts.feedback += 1
+        if counted.status_code == 200:
+            with self._lock:
+                self.counts.feedback += 1
 
 
 def conversion(rates: dict[str, float], default: float) -> Outcome:

@@ -4,6 +4,7 @@ The keys file (YAML or JSON, see turnout.core.api_keys) is what ``turnout route 
 reads and what the chart's Secret holds; ``turnout keys create`` adds to it. The local platform
 (``turnout up``, the demo) keeps one all-scopes key in TURNOUT_HOME/api-key, readable by its
 owner only, so the clients it starts can send it, as kubectl keeps its token in ~/.kube/config.
+Beside it, TURNOUT_HOME/token-secret signs the local router's A/B assignment tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ LOCAL_KEYS_FILE = "api-keys.yaml"
 LOCAL_KEY_FILE = "api-key"
 #: The name of the local platform's key in its keys file.
 LOCAL_KEY_NAME = "local"
+#: The local router's secret for A/B assignment tokens, under TURNOUT_HOME.
+LOCAL_TOKEN_SECRET_FILE = "token-secret"
 _HEADER = (
     "# turnout router API keys: SHA-256 hashes only, never the keys. "
     "`turnout keys create NAME` adds one.\n"
@@ -129,6 +132,19 @@ def local_key(home: Path) -> tuple[str, bool]:
     _write_private(key_path, key + "\n")
     write_keys(keys_path, keys)
     return key, True
+
+
+def local_token_secret(home: Path) -> Path:
+    """The local router's token secret file, made with a random secret on first use (kept
+    afterwards, so tokens outlive a restart of ``turnout up``)."""
+    path = home / LOCAL_TOKEN_SECRET_FILE
+    try:
+        if path.read_text().strip():
+            return path
+    except FileNotFoundError:
+        pass
+    _write_private(path, secrets.token_urlsafe(48) + "\n")
+    return path
 
 
 def read_local_key(home: Path) -> str | None:
