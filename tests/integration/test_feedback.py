@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,13 +26,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import eventually, fake_upstream, kill_tree, router
+from tests.servers import ROOT, eventually, fake_upstream, kill_tree, router
 from turnout.core.ab_ledger import experiment_id
 from turnout.core.assign import Arm
 from turnout.core.observation import Metrics, MetricsQuery, WithLedger
 from turnout.core.stats import Moments
 from turnout.core.tokens import Assignment, issue, verify
 from turnout.io.ab_store import DirectoryLedger
+from turnout.io.api_keys import LOCAL_KEYS_FILE, local_key
 from turnout.io.processes import free_port
 
 pytestmark = pytest.mark.slow
@@ -411,3 +413,39 @@ def test_outcomes_survive_a_killed_replica_and_a_scale_down_exactly(platform: Pl
     )
     assert set(ledgers) == {"a", "b"}
     assert sum(len(r) for r in ledgers.values()) > 600  # some counted by both: merged once
+
+
+# --- the README ------------------------------------------------------------------------------
+
+
+def readme_recipe() -> str:
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- ab-feedback -->\n```bash\n(.*?)```", text, re.S)
+    assert found is not None, "the README's A/B outcomes recipe"
+    return found.group(1)
+
+
+def test_the_readmes_feedback_recipe_works_as_written(platform: Platform, tmp_path: Path) -> None:
+    """Run through bash in a folder whose .turnout holds the local platform's key, against a
+    router asking for keys (the README's port swapped for a free one)."""
+    home = tmp_path / "user" / ".turnout"
+    key, _ = local_key(home)
+    base, cm = platform.router("readme", "--api-keys", str(home / LOCAL_KEYS_FILE))
+    script = readme_recipe().replace("http://127.0.0.1:8080", base)
+    with cm:
+        ran = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=home.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        reply = json.loads(ran.stdout.strip().splitlines()[-1])
+        assert reply["counted"] is True and reply["model"] == "fraud"
+        assert key not in ran.stdout + ran.stderr
+        again = subprocess.run(
+            ["bash", "-c", script], cwd=home.parent, capture_output=True, text=True, timeout=60
+        )
+        assert '"counted":true' in again.stdout  # a new request: a new token, counted too
+    assert sum(m.n for m in platform.merged().values()) == 2

@@ -306,8 +306,8 @@ class ConfigMapLedger:
         key = (model, experiment, replica)
         with self._lock:
             for attempt in range(3):
-                shard = self._shards.get(key) or self._resume(model, experiment, replica)
                 try:
+                    shard = self._shards.get(key) or self._resume(model, experiment, replica)
                     if len(shard.text) + len(lines) <= MAX_CONFIGMAP_BYTES or not shard.text:
                         self._shards[key] = self._write(model, experiment, replica, shard, lines)
                     else:  # full: the next ConfigMap
