@@ -267,3 +267,16 @@ def test_turnout_keys_prints_the_key_once_alone_and_keeps_its_hash(tmp_path: Pat
     assert again.exit_code == 1 and "the name 'ci' is used twice" in again.stderr
     assert runner.invoke(main, ["keys", "revoke", "ci", "--file", file]).exit_code == 0
     assert read_keys(Path(file)) == KeySet()
+
+
+def test_the_local_token_secret_is_made_once_private_and_long_enough(tmp_path: Path) -> None:
+    from turnout.core.tokens import parse_secrets
+    from turnout.io.api_keys import local_token_secret
+
+    path = local_token_secret(tmp_path)
+    made = path.read_text()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(parse_secrets(made, source=str(path))) == 1
+    assert local_token_secret(tmp_path).read_text() == made  # kept: tokens outlive a restart
+    path.write_text("")
+    assert local_token_secret(tmp_path).read_text() not in ("", made)  # emptied: made afresh
