@@ -327,6 +327,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-port", type=int, default=9090)
     parser.add_argument("--health-port", type=int, default=8081)
     parser.add_argument("--scrape-interval", type=float, default=15.0, help="Prometheus's")
+    parser.add_argument(
+        "--ledger-namespace",
+        help="namespace of the routers' A/B ledger ConfigMaps (default: the operator's own)",
+    )
     args = parser.parse_args(argv)
     # kopf logs each handler success at INFO: a line per event per deployment.
     decisions.configure_logging(fmt="%(asctime)s %(name)s %(message)s", quiet=["kopf.objects"])
@@ -335,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from services.controller.prometheus import PrometheusProvider
+    from turnout.core.observation import WithLedger
+    from turnout.io.ab_store import ConfigMapLedger
     from turnout.io.kube import Kube, KubeError
 
     try:
@@ -345,7 +351,13 @@ def run(args: argparse.Namespace) -> None:
     start_http_server(args.metrics_port, addr=args.listen_address, registry=metrics.registry)
     controller = ClusterController(
         kube=kube,
-        metrics=PrometheusProvider(args.prometheus, scrape_interval_s=args.scrape_interval),
+        # Serving metrics from Prometheus; A/B outcomes from the routers' ledgers.
+        metrics=WithLedger(
+            PrometheusProvider(args.prometheus, scrape_interval_s=args.scrape_interval),
+            ConfigMapLedger.from_kube(
+                kube, namespace=args.ledger_namespace or kube.default_namespace()
+            ),
+        ),
         prometheus_url=args.prometheus,
     )
     gate = PeeringGate(peerings=1 if args.all_namespaces else len(set(args.namespace)))

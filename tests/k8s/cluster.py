@@ -163,18 +163,21 @@ class Cluster:
             self.ok("create", "namespace", name)
         return name
 
-    def kubeconfig_for(self, name: str, token: str) -> Path:
-        """A kubeconfig that authenticates with a bearer token."""
+    def kubeconfig_for(self, name: str, token: str, *, namespace: str | None = None) -> Path:
+        """A kubeconfig that authenticates with a bearer token (``namespace``: its context's)."""
         path = self.workdir / "kubeconfigs" / f"{name}.kubeconfig"
         path.parent.mkdir(exist_ok=True)
-        write_kubeconfig(path, server=self.server, ca=self.ca, user=name, token=token)
+        write_kubeconfig(
+            path, server=self.server, ca=self.ca, user=name, token=token, namespace=namespace
+        )
         return path
 
     def service_account_kubeconfig(self, namespace: str, account: str) -> Path:
         """A kubeconfig holding a token the API server issued to a ServiceAccount, as a pod
-        running under that account would get (``kubectl create token``)."""
+        running under that account would get (``kubectl create token``), in the account's
+        namespace as a pod's own namespace is."""
         token = self.ok("create", "token", account, "-n", namespace, "--duration=1h").strip()
-        return self.kubeconfig_for(f"{namespace}.{account}", token)
+        return self.kubeconfig_for(f"{namespace}.{account}", token, namespace=namespace)
 
     def wait_for(
         self, *args: str, condition: str, timeout_s: int = 60, kubeconfig: Path | None = None
@@ -185,8 +188,11 @@ class Cluster:
         )
 
 
-def write_kubeconfig(path: Path, *, server: str, ca: Path, user: str, token: str) -> None:
+def write_kubeconfig(
+    path: Path, *, server: str, ca: Path, user: str, token: str, namespace: str | None = None
+) -> None:
     ca_data = base64.b64encode(ca.read_bytes()).decode()
+    context = {"cluster": "test", "user": user} | ({"namespace": namespace} if namespace else {})
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -194,7 +200,7 @@ def write_kubeconfig(path: Path, *, server: str, ca: Path, user: str, token: str
             {"name": "test", "cluster": {"server": server, "certificate-authority-data": ca_data}}
         ],
         "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": user, "context": {"cluster": "test", "user": user}}],
+        "contexts": [{"name": user, "context": context}],
         "current-context": user,
     }
     path.write_text(yaml.safe_dump(config))

@@ -62,7 +62,12 @@ OPERATOR_TAIL = [
     "8081",
 ]
 KEYS_FILE = "/etc/turnout/router/api-keys.yaml"
-ROUTER_TAIL = ["--api-keys", KEYS_FILE, "--host", "0.0.0.0", "--port", "8080"]
+TOKEN_SECRET = "/etc/turnout/router/token-secret"
+ROUTER_TAIL = [
+    "--api-keys", KEYS_FILE, "--token-secret", TOKEN_SECRET, "--host", "0.0.0.0", "--port", "8080"
+]  # fmt: skip
+#: The one Role per component that is not per watched namespace: the A/B ledger's ConfigMaps.
+LEDGER_ROLES = {"turnout-router-ab-ledger", "turnout-operator-ab-ledger"}
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -474,8 +479,11 @@ def test_no_wildcards_and_no_secrets(render_values: RenderValues, values_file: s
     for name in ("operator", "router"):
         for ns, rule in grants(objs, account_of(objs, name)):
             assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
-            assert not {"secrets", "configmaps", "pods"} & set(rule["resources"]), rule
+            assert not {"secrets", "pods"} & set(rule["resources"]), rule
             assert not allowed([(ns, rule)], "", "secrets", "get", "default")
+            if "configmaps" in rule["resources"]:  # the A/B ledger, in its own namespace only
+                assert ns == NAMESPACE and rule["resources"] == ["configmaps"], rule
+                assert not {"delete", "watch", "patch"} & set(rule["verbs"]), rule
 
 
 def test_operator_can_do_its_job_cluster_wide(render_values: RenderValues) -> None:
@@ -499,17 +507,21 @@ def test_operator_can_do_its_job_cluster_wide(render_values: RenderValues) -> No
             assert allowed(rules, group, resource, verb, "anywhere"), (group, resource, verb)
     assert not allowed(rules, "turnout.dev", "modeldeployments", "delete", "anywhere")
     assert not allowed(rules, "turnout.dev", "modeldeployments", "create", "anywhere")
-    assert all(ns is None for ns, _ in rules)
-    assert of_kind(objs, "Role") == []
+    assert allowed(rules, "", "configmaps", "list", NAMESPACE)  # the routers' A/B ledgers
+    assert not allowed(rules, "", "configmaps", "update", NAMESPACE)
+    assert all(ns is None for ns, rule in rules if rule["resources"] != ["configmaps"])
+    assert {r["metadata"]["name"] for r in of_kind(objs, "Role")} == LEDGER_ROLES
 
 
 def test_namespaced_values_grant_only_in_the_listed_namespaces(render_values: RenderValues) -> None:
     objs = render_values("namespaced-values.yaml")
-    assert {r["metadata"]["namespace"] for r in of_kind(objs, "Role")} == {"team-a", "team-b"}
-    assert {b["metadata"]["namespace"] for b in of_kind(objs, "RoleBinding")} == {
-        "team-a",
-        "team-b",
-    }
+    watched = [r for r in of_kind(objs, "Role") if r["metadata"]["name"] not in LEDGER_ROLES]
+    assert {r["metadata"]["namespace"] for r in watched} == {"team-a", "team-b"}
+    assert {
+        b["metadata"]["namespace"]
+        for b in of_kind(objs, "RoleBinding")
+        if b["metadata"]["name"] not in LEDGER_ROLES
+    } == {"team-a", "team-b"}
     for role in of_kind(objs, "ClusterRole"):
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert resources == {"customresourcedefinitions"}, ref(role)
@@ -532,7 +544,13 @@ def test_router_can_only_read_modeldeployments(
     objs = render_values(values_file)
     rules = [rule for _, rule in grants(objs, account_of(objs, "router"))]
     assert rules
-    for rule in rules:
+    ledger = {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "verbs": ["get", "list", "create", "update"],
+    }
+    assert rules.count(ledger) == 1  # its A/B ledger, in the release namespace
+    for rule in (r for r in rules if r != ledger):
         assert rule == {
             "apiGroups": ["turnout.dev"],
             "resources": ["modeldeployments"],

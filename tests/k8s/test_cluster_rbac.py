@@ -104,8 +104,13 @@ ALLOWED = {
         _can("create", "events.events.k8s.io", APPS),
         *(_can(v, f"{PEERING}/turnout") for v in ("get", "list", "watch", "patch")),
         _can("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        *(_can(v, "configmaps", NS) for v in ("get", "list")),  # the routers' A/B ledgers
     ],
-    "router": [_can(v, MDEP, "*") for v in ("get", "list", "watch")],
+    "router": [
+        *(_can(v, MDEP, "*") for v in ("get", "list", "watch")),
+        # Its A/B ledger: ConfigMaps in the release namespace only.
+        *(_can(v, "configmaps", NS) for v in ("get", "list", "create", "update")),
+    ],
     "retrain": [
         _can("get", MDEP, NS),
         _can("patch", MDEP, NS),
@@ -133,6 +138,8 @@ DENIED = {
         _can("create", "pods", APPS),
         _can("create", "deployments.apps", APPS),
         _can("list", "configmaps", "*"),
+        _can("create", "configmaps", NS),  # reads the A/B ledgers, never writes them
+        _can("update", "configmaps", NS),
         _can("create", "leases.coordination.k8s.io", NS),  # kopf's peering, not Leases
         _can("patch", "customresourcedefinitions.apiextensions.k8s.io"),
         _can("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -144,7 +151,9 @@ DENIED = {
         _can("patch", MDEP, APPS, sub="status"),
         _can("list", ISVC, APPS),
         _can("create", "events", APPS),
-        _can("list", "configmaps", NS),
+        _can("list", "configmaps", APPS),  # its ledger is in the release namespace only
+        _can("delete", "configmaps", NS),
+        _can("patch", "configmaps", NS),
     ],
     "retrain": [
         _can("get", "secrets", NS),

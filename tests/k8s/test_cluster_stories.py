@@ -46,8 +46,11 @@ from tests.k8s.conftest import CHART, ROOT, helm_ok
 from tests.k8s.test_cluster_kubectl import ROLLOUT_VERBS, Shell, _rbac, ok, rollback_recipes
 from tests.k8s.test_cluster_operator import Process, start, wait_written_back, weights
 from turnout.cli import prometheus_server
-from turnout.cli.traffic import Traffic, digits_samples, fraud_samples
+from turnout.cli.traffic import Traffic, conversion, digits_samples, fraud_samples
+from turnout.core import ab_ledger
 from turnout.core.crd import GROUP, VERSION
+from turnout.io.ab_store import ConfigMapLedger
+from turnout.io.kube import Kube
 from turnout.io.processes import free_port
 
 pytestmark = pytest.mark.cluster
@@ -608,3 +611,58 @@ def test_the_readmes_plain_kubectl_recipes_mid_rollout(recipes: Platform) -> Non
         ),
     )
     assert (platform.candidate_routed("fraud") or {}).get("weight") == 50
+
+
+# --- A/B, last: it leaves v3 stable ----------------------------------------------------------
+
+
+def _ledger(
+    platform: Platform, model: str, statuses: list[dict[str, Any]]
+) -> dict[str, list[ab_ledger.Outcome]]:
+    """The routers' A/B ledger of the experiment the statuses ran, read from its ConfigMaps
+    the way the operator reads it."""
+    split = [r for r in ((s.get("routing") or {}) for s in statuses) if r.get("candidate")][-1]
+    experiment = ab_ledger.experiment_id(
+        model=model, candidate=split["candidate"]["version"], salt=split.get("salt", "")
+    )
+    admin = Kube.connect(kubeconfig=str(platform.cluster.kubeconfig))
+    ledger = ConfigMapLedger.from_kube(admin, namespace=SYSTEM)
+    return ledger.read(model=model, experiment=experiment)
+
+
+def test_an_ab_test_is_decided_from_the_routers_ledgers(platform: Platform) -> None:
+    """fraud v3 converts twice as often as stable: the synthetic users post each outcome with
+    the reply's assignment token, the router keeps them in its ledger ConfigMaps, and the
+    operator (allowed only to read them) merges them, decides CandidateWon and promotes."""
+    before = platform.fraud.counts.feedback
+    platform.fraud.set_outcome(conversion({"v3": 0.30}, 0.15))
+    try:
+        ab = {"split": 50, "minSamplesPerArm": 100, "minDetectableEffect": 0.1, "interval": "4s"}
+        strategy = {"type": "ABTest", "abTest": ab}
+        md, statuses = _rollout(platform, "fraud", ref("fraud", "v3"), strategy=strategy)
+    finally:
+        platform.fraud.set_outcome(None)
+    status = md["status"]
+    assert status["phase"] == "Promoted", status["message"]
+    assert md["spec"]["stable"]["version"] == "v3"
+    reasons = [e["reason"] for e in platform.events("fraud")]
+    assert "CandidateWon" in reasons, reasons
+    arms = status["experiment"]["arms"]
+    assert arms["stable"]["n"] >= 100 and arms["candidate"]["n"] >= 100, arms
+    assert arms["candidate"]["mean"] > arms["stable"]["mean"], arms
+
+    platform.merge("fraud", {"spec": {"strategy": {"type": "Canary", "canary": CANARY}}})
+
+    # The ledgers hold exactly the outcomes the users had accepted: once the router no longer
+    # splits, outcomes of the ended experiment are refused, so both counts come to rest.
+    wait_until("the router no longer splitting", lambda: platform.candidate_routed("fraud") is None)
+
+    def counted() -> tuple[float, int] | None:
+        merged = ab_ledger.moments(_ledger(platform, "fraud", statuses))
+        total = merged["stable"].n + merged["candidate"].n
+        accepted = platform.fraud.counts.feedback - before
+        return (total, accepted) if total == accepted else None
+
+    total, _ = wait_until("the ledgers to hold every accepted outcome", counted, timeout_s=15)
+    # The operator decided on some of the same records.
+    assert arms["stable"]["n"] + arms["candidate"]["n"] <= total

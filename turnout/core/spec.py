@@ -261,7 +261,7 @@ class ShadowStrategy(_Spec):
 class ABTestStrategy(_Spec):
     #: Percent of sticky keys assigned to the candidate.
     split: float = Field(default=50, gt=0, lt=100)
-    #: Header whose value pins a user to one arm; feedback must carry the same key.
+    #: Header whose value pins a user to one arm (the same key, the same arm).
     sticky_header: str = "x-user-id"
     #: Name of the outcome fed back (shown in status and reports).
     metric: str = "conversion"
