@@ -34,6 +34,8 @@ log = logging.getLogger("turnout.router")
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/v2"})
 _CHALLENGE = {"content-type": "application/json", "www-authenticate": 'Bearer realm="turnout"'}
 _JSON = {"content-type": "application/json"}
+#: Accepted Authorization headers remembered at most (a few clients' keys, typically).
+ACCEPTED_CACHE = 1024
 
 
 class Auth:
@@ -71,6 +73,10 @@ class Auth:
             registry=registry,
         )
         self._seen: bytes | None = None
+        #: Authorization headers already accepted under the keys in force -> their key, so a
+        #: client's every request after its first costs a dict lookup, not a SHA-256. Only
+        #: accepted keys, emptied when the keys change and when full.
+        self._accepted: dict[str, ApiKey] = {}
         self._poller = Periodic(self.poll, interval)
         text = self._read()
         if text is None:
@@ -107,6 +113,7 @@ class Auth:
             self._reject(str(exc))
             return
         self.keys = keys
+        self._accepted = {}
         self.loaded_at = datetime.now(UTC)
         self.last_error = None
         self._loaded.set(len(keys.keys))
@@ -139,7 +146,15 @@ class Auth:
     # --- requests -------------------------------------------------------------------------
 
     def identify(self, scope: Scope) -> ApiKey | Denied:
-        return identify(header(scope, b"authorization"), self.keys)
+        authorization = header(scope, b"authorization")
+        if authorization is not None and (known := self._accepted.get(authorization)):
+            return known
+        found = identify(authorization, self.keys)
+        if isinstance(found, ApiKey) and authorization is not None:
+            if len(self._accepted) >= ACCEPTED_CACHE:
+                self._accepted = {}
+            self._accepted[authorization] = found
+        return found
 
     async def refuse(self, send: Send, denied: Denied) -> None:
         """Answer 401 or 403 with ``{"error": message}`` and count it by reason."""

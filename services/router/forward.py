@@ -16,9 +16,10 @@ request; the one new step is a call of ``kind.upstream_url`` where a string was 
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,16 @@ from turnout.core.spec import ModelRoute, Upstream
 from turnout.core.tokens import HEADER as ASSIGNMENT
 from turnout_sdk import protocol as oip
 from turnout_sdk.http import Receive, Scope, Send
+
+#: Request ids the router makes (x-request-id, when the caller sent none): unique without a
+#: syscall per request, 32 hex characters like a UUID's: a random per-process prefix and a count.
+_ID_PREFIX = os.urandom(8).hex()
+_ids = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):016x}"
+
 
 #: Request headers passed on to the model server; everything else stays at the router.
 FORWARDED = frozenset({b"content-type", b"inference-header-content-length", b"x-request-id"})
@@ -165,7 +176,7 @@ class Forwarder:
     ) -> None:
         started = time.perf_counter()
         body = await read_body(receive)
-        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = header(scope, b"x-request-id") or new_request_id()
         headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in FORWARDED}
         headers["x-request-id"] = request_id
         if pin is not None:
