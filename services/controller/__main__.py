@@ -54,12 +54,14 @@ def main(argv: list[str] | None = None) -> None:
             }
 
         metrics = ScrapeProvider(args.router, servers)
+    ledger = DirectoryLedger(args.ledger or home / "ab")
     controller = LocalController(
         store=DeploymentStore(home),
         supervisor=supervisor,
-        metrics=WithLedger(metrics, DirectoryLedger(args.ledger or home / "ab")),
+        metrics=WithLedger(metrics, ledger),
         routes_file=args.routes or home / "routes.yaml",
         poll_s=args.poll,
+        ledgers=ledger,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from services.controller import decisions
 from turnout.core import actions, isvc, rollout
+from turnout.core.ab_ledger import LedgerKeeper
 from turnout.core.observation import MetricsProvider
 from turnout.core.rollout import Decision
 from turnout.core.spec import (
@@ -84,6 +85,8 @@ class ClusterController:
     prometheus_url: str | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     drain_s: float = DRAIN_S
+    #: The routers' A/B ledgers, whose finished experiments it removes (None: kept).
+    ledgers: LedgerKeeper | None = None
 
     def reconcile(
         self,
@@ -128,6 +131,9 @@ class ClusterController:
         landed = self._apply(obj, md, status, decision)
         if landed is None:  # decided on a stale read: nothing of this pass happened
             return Outcome(status, RETRY_S)
+        decisions.forget_finished_experiments(
+            self.ledgers, log, md.spec.model, before=status, after=decision.status
+        )
         key = f"{namespace}/{name}"
         for type_, reason, message in events:
             decisions.log_event(log, key, type=type_, reason=reason, message=message)

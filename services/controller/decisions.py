@@ -19,7 +19,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from turnout.core import rollout
+from turnout.core import ab_ledger, rollout
+from turnout.core.ab_ledger import LedgerKeeper, LedgerUnavailable
 from turnout.core.observation import MetricsProvider, observe
 from turnout.core.rollout import Decision
 from turnout.core.spec import (
@@ -80,3 +81,26 @@ def log_decision(
 def log_event(log: logging.Logger, name: str, *, type: str, reason: str, message: str) -> None:
     """One line: ``fraud: StepPassed v2 5% -> 25%: errorRate 0 <= 0.01``; Warnings as such."""
     (log.warning if type == "Warning" else log.info)("%s: %s %s", name, reason, message)
+
+
+def forget_finished_experiments(
+    keeper: LedgerKeeper | None,
+    log: logging.Logger,
+    model: str,
+    *,
+    before: ModelDeploymentStatus,
+    after: ModelDeploymentStatus,
+) -> None:
+    """When a pass starts an A/B test, the model's older ledgers go: the finished
+    experiments' numbers are in status and events, and the last one's ledger was kept for an
+    audit until now. A failure is logged; the next experiment's start tries again."""
+    experiment = ab_ledger.started(model, before, after)
+    if keeper is None or experiment is None:
+        return
+    try:
+        gone = keeper.forget(model=model, keep=experiment)
+    except LedgerUnavailable as exc:
+        log.warning("%s: old A/B ledgers kept: %s", model, exc)
+        return
+    if gone:
+        log.info("%s: removed the A/B ledgers of %d finished experiment(s)", model, len(gone))

@@ -31,6 +31,7 @@ import yaml
 from services.controller import decisions
 from services.controller.supervisor import Supervisor, Want
 from turnout.core import rollout
+from turnout.core.ab_ledger import LedgerKeeper
 from turnout.core.observation import MetricsProvider, Observation
 from turnout.core.spec import (
     ACTION_ANNOTATION,
@@ -69,8 +70,11 @@ class LocalController:
         routes_file: Path,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_s: float = 0.1,
+        ledgers: LedgerKeeper | None = None,
     ) -> None:
         self.store = store
+        #: The router's A/B ledgers, whose finished experiments it removes (None: kept).
+        self.ledgers = ledgers
         self.supervisor = supervisor
         self.metrics = metrics
         self.routes_file = routes_file
@@ -201,6 +205,9 @@ class LocalController:
             self._clear_action(name)
         if new.status != state.status:
             self.store.save_state(name, new)
+            decisions.forget_finished_experiments(
+                self.ledgers, log, spec.model, before=state.status, after=new.status
+            )
         if decision.events or _visible(state, new):
             self._record(name, new, [(e.type, e.reason, e.message) for e in decision.events])
         decisions.log_decision(

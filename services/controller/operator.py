@@ -349,16 +349,17 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"turnout operator: cannot reach the cluster: {exc}") from None
     metrics = OperatorMetrics()
     start_http_server(args.metrics_port, addr=args.listen_address, registry=metrics.registry)
+    # Serving metrics from Prometheus; A/B outcomes from the routers' ledgers.
+    ledger = ConfigMapLedger.from_kube(
+        kube, namespace=args.ledger_namespace or kube.default_namespace()
+    )
     controller = ClusterController(
         kube=kube,
-        # Serving metrics from Prometheus; A/B outcomes from the routers' ledgers.
         metrics=WithLedger(
-            PrometheusProvider(args.prometheus, scrape_interval_s=args.scrape_interval),
-            ConfigMapLedger.from_kube(
-                kube, namespace=args.ledger_namespace or kube.default_namespace()
-            ),
+            PrometheusProvider(args.prometheus, scrape_interval_s=args.scrape_interval), ledger
         ),
         prometheus_url=args.prometheus,
+        ledgers=ledger,
     )
     gate = PeeringGate(peerings=1 if args.all_namespaces else len(set(args.namespace)))
     gate.install()

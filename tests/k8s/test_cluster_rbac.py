@@ -104,7 +104,8 @@ ALLOWED = {
         _can("create", "events.events.k8s.io", APPS),
         *(_can(v, f"{PEERING}/turnout") for v in ("get", "list", "watch", "patch")),
         _can("watch", "customresourcedefinitions.apiextensions.k8s.io"),
-        *(_can(v, "configmaps", NS) for v in ("get", "list")),  # the routers' A/B ledgers
+        # the routers' A/B ledgers: read, and a finished experiment's removed
+        *(_can(v, "configmaps", NS) for v in ("get", "list", "delete")),
     ],
     "router": [
         *(_can(v, MDEP, "*") for v in ("get", "list", "watch")),

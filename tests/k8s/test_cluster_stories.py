@@ -48,6 +48,7 @@ from tests.k8s.test_cluster_operator import Process, start, wait_written_back, w
 from turnout.cli import prometheus_server
 from turnout.cli.traffic import Traffic, conversion, digits_samples, fraud_samples
 from turnout.core import ab_ledger
+from turnout.core.assign import Arm
 from turnout.core.crd import GROUP, VERSION
 from turnout.io.ab_store import ConfigMapLedger
 from turnout.io.kube import Kube
@@ -634,6 +635,13 @@ def test_an_ab_test_is_decided_from_the_routers_ledgers(platform: Platform) -> N
     """fraud v3 converts twice as often as stable: the synthetic users post each outcome with
     the reply's assignment token, the router keeps them in its ledger ConfigMaps, and the
     operator (allowed only to read them) merges them, decides CandidateWon and promotes."""
+    # A finished experiment's ledger, left by a replica long gone: removed when this one starts.
+    admin = Kube.connect(kubeconfig=str(platform.cluster.kubeconfig))
+    ledgers = ConfigMapLedger.from_kube(admin, namespace=SYSTEM)
+    old = [ab_ledger.Outcome("r0", Arm.STABLE, 1.0, 0.0)]
+    ledgers.append(model="fraud", experiment="finished", replica="gone-0", records=old)
+    assert ledgers.read(model="fraud", experiment="finished") == {"gone-0": old}
+
     before = platform.fraud.counts.feedback
     platform.fraud.set_outcome(conversion({"v3": 0.30}, 0.15))
     try:
@@ -666,3 +674,4 @@ def test_an_ab_test_is_decided_from_the_routers_ledgers(platform: Platform) -> N
     total, _ = wait_until("the ledgers to hold every accepted outcome", counted, timeout_s=15)
     # The operator decided on some of the same records.
     assert arms["stable"]["n"] + arms["candidate"]["n"] <= total
+    assert ledgers.read(model="fraud", experiment="finished") == {}

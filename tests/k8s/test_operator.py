@@ -27,8 +27,11 @@ from services.controller.operator import (
 )
 from tests.k8s.fake_kube import FakeKube, no_http  # noqa: F401
 from tests.k8s.validate import errors
+from turnout.core.ab_ledger import Outcome
+from turnout.core.assign import Arm
 from turnout.core.observation import Metrics, MetricsQuery, VersionMetrics
 from turnout.core.spec import ACTION_ANNOTATION
+from turnout.io.ab_store import MemoryLedger
 from turnout.io.kube import Conflict
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -66,11 +69,13 @@ class Cluster:
         self.now = T0
         self.metrics = FakeMetrics()
         self.operator_metrics = OperatorMetrics()
+        self.ledgers = MemoryLedger()
         self.controller = ClusterController(
             kube=self.kube,
             metrics=self.metrics,
             prometheus_url="http://prometheus.monitoring:9090",
             clock=lambda: self.now,
+            ledgers=self.ledgers,
         )
         self.handlers = Handlers(self.controller, self.operator_metrics, clock=lambda: self.now)
 
@@ -389,6 +394,28 @@ def test_switching_autoscaler_drops_the_old_scaling_fields(cluster: Cluster):
     (metric,) = predictor["autoScaling"]["metrics"]
     assert metric["external"]["metric"]["serverAddress"] == "http://prometheus.monitoring:9090"
     assert 'version="v1"' in metric["external"]["metric"]["query"]
+
+
+def test_an_ab_test_starting_removes_the_models_finished_ledgers(cluster: Cluster):
+    """The last finished experiment's ledger stays for an audit until the next one begins."""
+    one = [Outcome("r1", Arm.STABLE, 1.0, 0.0)]
+    cluster.ledgers.append(model="fraud", experiment="finished", replica="gone-0", records=one)
+    cluster.ledgers.append(model="churn", experiment="finished", replica="gone-0", records=one)
+    serving(cluster)
+    assert cluster.ledgers.read(model="fraud", experiment="finished")  # no A/B yet: kept
+    ab = {"type": "ABTest", "abTest": {"split": 50, "interval": "60s"}}
+    cluster.edit(
+        {
+            "spec": {
+                "candidate": {"version": "v2", "image": "registry.example.com/fraud:v2"},
+                "strategy": ab,
+            }
+        }
+    )
+    cluster.ready("v2")
+    assert cluster.status["phase"] == "Experimenting"
+    assert cluster.ledgers.read(model="fraud", experiment="finished") == {}
+    assert cluster.ledgers.read(model="churn", experiment="finished")  # another model's
 
 
 # --- deletion ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from turnout.core import ab_ledger
 from turnout.core.ab_ledger import Outcome, experiment_id, moments, unique
 from turnout.core.assign import Arm
 from turnout.core.observation import Metrics, MetricsQuery, WithLedger, observe
+from turnout.core.spec import ModelDeploymentStatus, Phase, Routing, Target, WeightedTarget
 from turnout.core.stats import Moments
 from turnout.io.ab_store import DirectoryLedger, MemoryLedger, path_part
 
@@ -132,3 +133,36 @@ def test_the_controller_takes_ab_outcomes_from_the_ledger_only() -> None:
     found = observe(WithLedger(Provider(), ledger), query, endpoints={})
     assert found.metrics is not None
     assert found.metrics.ab == {"stable": Moments(), "candidate": Moments(1, 2, 4)}
+
+
+def _status(phase: Phase, candidate: str | None = None, salt: str = "s1") -> ModelDeploymentStatus:
+    routing = Routing(
+        stable=Target(version="v1", url="http://v1"),
+        candidate=WeightedTarget(version=candidate, url="http://c", weight=50)
+        if candidate
+        else None,
+        salt=salt,
+    )
+    return ModelDeploymentStatus(phase=phase, routing=routing)
+
+
+def test_an_experiment_starts_when_a_pass_begins_collecting_outcomes() -> None:
+    idle, running = _status(Phase.IDLE), _status(Phase.EXPERIMENTING, "v2")
+    started = ab_ledger.started("fraud", idle, running)
+    assert started == experiment_id(model="fraud", candidate="v2", salt="s1")
+    assert ab_ledger.started("fraud", running, running) is None  # under way: nothing new
+    assert ab_ledger.started("fraud", running, _status(Phase.PROMOTED)) is None  # ended: kept
+    assert ab_ledger.started("fraud", idle, _status(Phase.PROGRESSING, "v2")) is None  # canary
+
+
+def test_a_new_experiment_removes_the_models_finished_ledgers_only(tmp_path: Path) -> None:
+    one = [Outcome("r1", Arm.STABLE, 1.0, 0.0)]
+    for store in (DirectoryLedger(tmp_path), MemoryLedger()):
+        for model, experiment in (("fraud", "old"), ("fraud", "older"), ("fraud", "new"),
+                                  ("digits", "old")):  # fmt: skip
+            store.append(model=model, experiment=experiment, replica="a", records=one)
+        assert sorted(store.forget(model="fraud", keep="new")) == ["old", "older"]
+        assert store.read(model="fraud", experiment="old") == {}
+        assert store.read(model="fraud", experiment="new") == {"a": one}
+        assert store.read(model="digits", experiment="old") == {"a": one}  # another model's
+        assert store.forget(model="fraud", keep="new") == []

@@ -30,7 +30,7 @@ from typing import Protocol
 import orjson
 
 from turnout.core.assign import Arm
-from turnout.core.spec import ModelRoute
+from turnout.core.spec import ModelDeploymentStatus, ModelRoute, Phase
 from turnout.core.stats import Moments
 
 
@@ -53,6 +53,30 @@ class LedgerReader(Protocol):
     """Every replica's ledger of one experiment: ``{replica id: records in order}``."""
 
     def read(self, *, model: str, experiment: str) -> Mapping[str, Sequence[Outcome]]: ...
+
+
+class LedgerKeeper(Protocol):
+    """Removes ledgers no one reads any more (the controller's side of the store)."""
+
+    def forget(self, *, model: str, keep: str) -> list[str]:
+        """Remove every ledger of ``model`` but experiment ``keep``'s; what was removed."""
+        ...
+
+
+def started(model: str, before: ModelDeploymentStatus, after: ModelDeploymentStatus) -> str | None:
+    """The experiment a pass started (an A/B split began taking traffic), else None.
+
+    That is when the model's older ledgers can go: the finished experiments' numbers are in
+    status and events, and the last one's ledger was kept for an audit until this one began."""
+    running = _running(model, after)
+    return running if running is not None and running != _running(model, before) else None
+
+
+def _running(model: str, status: ModelDeploymentStatus) -> str | None:
+    candidate = status.routing.candidate
+    if status.phase is not Phase.EXPERIMENTING or candidate is None:
+        return None
+    return experiment_id(model=model, candidate=candidate.version, salt=status.routing.salt)
 
 
 def experiment_id(*, model: str, candidate: str, salt: str) -> str:

@@ -74,6 +74,13 @@ class MemoryLedger:
             ledgers = self._ledgers.get((model, experiment), {})
             return {replica: list(records) for replica, records in ledgers.items()}
 
+    def forget(self, *, model: str, keep: str) -> list[str]:
+        with self._lock:
+            gone = [k for k in self._ledgers if k[0] == model and k[1] != keep]
+            for key in gone:
+                del self._ledgers[key]
+        return [experiment for _, experiment in gone]
+
 
 def path_part(name: str) -> str:
     """A name as one path component: letters, digits, ``_`` and ``-`` kept, every other byte
@@ -145,6 +152,20 @@ class DirectoryLedger:
             except OSError as exc:
                 raise LedgerUnavailable(f"cannot read {path}: {exc.strerror}") from None
         return out
+
+    def forget(self, *, model: str, keep: str) -> list[str]:
+        import shutil
+
+        gone = []
+        try:
+            parts = os.listdir(self.root / path_part(model))
+        except FileNotFoundError:
+            return []
+        for part in sorted(parts):
+            if part != path_part(keep):
+                shutil.rmtree(self.root / path_part(model) / part, ignore_errors=True)
+                gone.append(name_of(part))
+        return gone
 
     def _read_file(self, path: Path) -> list[Outcome]:
         """The file's records, reading only what was appended since the last call."""
@@ -296,6 +317,36 @@ class ConfigMapLedger:
             replica: [r for _, text in sorted(parts) for r in ab_ledger.loads(text.encode())]
             for replica, parts in sorted(shards.items())
         }
+
+    def forget(self, *, model: str, keep: str) -> list[str]:
+        """Delete the model's ledger ConfigMaps of every experiment but ``keep``; a failure is
+        raised as LedgerUnavailable (the next experiment's start tries again)."""
+        try:
+            out = self._call(
+                self._core.list_namespaced_config_map,
+                self.namespace,
+                label_selector=f"{LEDGER_LABEL}={_model_label(model)}",
+            )
+            items = out.get("items") or []
+            assert isinstance(items, list)
+            gone = []
+            for item in items:
+                notes = _notes(item)
+                if notes.get(_MODEL) != model or notes.get(_EXPERIMENT) == keep:
+                    continue
+                meta = item.get("metadata") or {}
+                assert isinstance(meta, dict)
+                try:
+                    self._call(
+                        self._core.delete_namespaced_config_map, meta["name"], self.namespace
+                    )
+                except _KubeCallError as exc:
+                    if exc.status != 404:  # gone already is fine
+                        raise
+                gone.append(str(meta["name"]))
+        except _KubeCallError as exc:
+            raise LedgerUnavailable(f"cannot remove old A/B ledger ConfigMaps: {exc}") from None
+        return gone
 
     def append(
         self, *, model: str, experiment: str, replica: str, records: Sequence[Outcome]
