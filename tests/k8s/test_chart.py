@@ -473,7 +473,10 @@ def account_of(objs: list[Obj], name: str) -> str:
     return str(deployment(objs, name)["spec"]["template"]["spec"]["serviceAccountName"])
 
 
-CONFIGMAP_VERBS = {"router": {"get", "list", "create", "update"}, "operator": {"get", "list", "delete"}}
+CONFIGMAP_VERBS = {
+    "router": {"get", "list", "create", "update"},
+    "operator": {"get", "list", "delete"},
+}
 
 
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=str)
