@@ -10,7 +10,8 @@ bound a copy is dropped and counted, so a slow shadow cannot pile up memory or c
 A copy leaves a millisecond after the primary's reply (``COPY_DELAY_S``), not in the same
 instant. Sent at once, the shadow's model server wakes just as the caller is woken to read
 its reply, and where they share CPUs the caller loses: on 2 cores that put the primary's p99
-at 1.16x with 100 % shadow; a millisecond later it is 1.0x (bench/shadow_impact.py).
+at 1.14-1.16x with 100 % shadow; a millisecond later it is 0.91-1.12x, median 1.02x
+(bench/shadow_impact.py).
 """
 
 from __future__ import annotations
