@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,10 +43,8 @@ import yaml
 
 from tests.integration.test_router_kube import until
 from tests.k8s.cluster import Cluster
-from tests.k8s.conftest import CHART, ROOT
+from tests.k8s.conftest import CHART, ROOT, TOOLS
 from tests.servers import stop, wait_ready
-from turnout.core.api_keys import Action
-from turnout.io.api_keys import create_key
 from turnout.io.kube import Kube, KubeError
 from turnout.io.processes import free_port
 
@@ -380,6 +379,27 @@ def test_an_expired_watch_is_recovered_by_listing_again(cluster: Cluster, at_res
         _set_crd_description(cluster, original)
 
 
+def readme_keys_recipe(cluster: Cluster, secret: str, cwd: Path) -> str:
+    """Run the README's "In a cluster" key recipe through bash; the key it made."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- keys-secret -->\n```bash\n(.*?)```", text, re.S)
+    assert found is not None, "the README's recipe for adding a key to the chart's Secret"
+    first, rest = found.group(1).split("\n", 1)
+    assert first.startswith("NS=turnout-system SECRET=turnout-router"), first
+    script = f"NS={RELEASE_NS} SECRET={secret}\n{rest}printf '%s' \"$KEY\"\n"
+    path = os.pathsep.join([str(Path(sys.executable).parent), str(TOOLS), os.environ["PATH"]])
+    ran = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env={**cluster.env(), "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return ran.stdout.strip().splitlines()[-1]
+
+
 def test_the_charts_admin_key_is_needed_and_scoped_keys_added_to_the_secret_apply(
     cluster: Cluster, at_rest: Stack, tmp_path: Path
 ) -> None:
@@ -388,13 +408,7 @@ def test_the_charts_admin_key_is_needed_and_scoped_keys_added_to_the_secret_appl
     assert refused.status_code == 401 and "no API key" in refused.json()["error"]
     assert at_rest.routes()["auth"]["keys"] == ["admin"]
 
-    # A key for fraud only, added to the Secret's keys file with `turnout keys create --file`
-    # as the README says, and patched into the Secret through the API.
-    secret = cluster.get("secret", at_rest.secret.name, "-n", RELEASE_NS)
-    original = secret["data"]["api-keys.yaml"]
-    local = tmp_path / "api-keys.yaml"
-    local.write_bytes(base64.b64decode(original))
-    app_key, _ = create_key(local, name="fraud-app", models=["fraud"], actions=[Action.INFER])
+    original = cluster.get("secret", at_rest.secret.name, "-n", RELEASE_NS)["data"]["api-keys.yaml"]
 
     def patch(text: bytes) -> None:
         data = {"api-keys.yaml": base64.b64encode(text).decode()}
@@ -403,7 +417,11 @@ def test_the_charts_admin_key_is_needed_and_scoped_keys_added_to_the_secret_appl
         at_rest.secret.sync(cluster)
 
     try:
-        patch(local.read_bytes())
+        # A key for fraud only, added to the Secret by the README's recipe, run as written
+        # (its namespace and Secret name swapped for the test's) with kubectl and turnout.
+        app_key = readme_keys_recipe(cluster, at_rest.secret.name, tmp_path)
+        assert not (tmp_path / "api-keys.yaml").exists(), "the recipe leaves no keys file"
+        at_rest.secret.sync(cluster)  # the kubelet updates the mounted Secret
         until(lambda: infer(at_rest, key=app_key).status_code == 200, "the new key accepted")
         assert infer(at_rest, "digits", key=app_key).status_code == 403
         assert at_rest.routes()["auth"]["keys"] == ["admin", "fraud-app"]

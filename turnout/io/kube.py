@@ -1,9 +1,10 @@
-"""Every Kubernetes API call turnout makes, in one small module.
+"""The Kubernetes API calls of the operator, the router's route source and the plugin.
 
 The operator, the router's cluster route source and the kubectl plugin talk to the cluster
-only through :class:`Kube`. Objects go in and come out as plain dicts (the JSON the API
-serves), so the callers' logic is tested against an in-memory fake of this class, and the
-HTTP layer below it never runs in the tests.
+only through :class:`Kube` (the routers' A/B ledgers, ConfigMaps, are written by
+turnout.io.ab_store on a Kube's connection). Objects go in and come out as plain dicts (the
+JSON the API serves), so the callers' logic is unit-tested against an in-memory fake of this
+class, and tests/k8s runs the real thing against a real kube-apiserver.
 
 Errors come out as :class:`KubeError` with the HTTP status, and the three a caller acts on
 as subclasses: :class:`NotFound`, :class:`Conflict` (someone else wrote first) and
