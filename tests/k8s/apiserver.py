@@ -134,8 +134,16 @@ class Watch:
             if not self._closed:
                 time.sleep(0.1)
 
-    def statuses(self) -> list[dict[str, Any]]:
-        """Each status the object went through after the watch began."""
+    def statuses(self, upto: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Each status the object went through after the watch began; with ``upto`` (the
+        object as a GET returned it), once the watch has delivered that state too (a watch
+        can trail a GET by a moment)."""
+        if upto is not None:
+            version = upto["metadata"]["resourceVersion"]
+            deadline = time.monotonic() + 30
+            while all(o["metadata"]["resourceVersion"] != version for o in self.objects):
+                assert time.monotonic() < deadline, f"the watch never delivered {version}"
+                time.sleep(0.05)
         seen = [self.before]
         for obj in self.objects:
             status = obj.get("status") or {}

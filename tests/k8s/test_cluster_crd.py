@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from tests.k8s.cluster import Cluster
+from tests.k8s.conftest import ROOT
 from tests.unit import test_crd as schema_only
-from turnout.core.crd import GROUP, NAME
+from turnout.core.crd import GROUP, NAME, RULES
 from turnout.core.spec import ModelDeploymentSpec, dump, parse_deployment
 from turnout.io.kube import Kube
 
@@ -256,3 +257,32 @@ def test_status_and_spec_are_written_apart(cluster: Cluster, ns: str) -> None:
     # The action annotation (`kubectl annotate ... turnout.dev/action=abort`) is metadata.
     cluster.ok("annotate", "mdep", "subresource", "-n", ns, "turnout.dev/action=abort")
     assert cluster.get("mdep", "subresource", "-n", ns)["metadata"]["generation"] == 2
+
+
+# --- the README's list -------------------------------------------------------------------
+
+
+def readme_refusals() -> tuple[list[tuple[str, str]], str]:
+    """The README's table of what the API server refuses (field, message), and its example."""
+    text = (ROOT / "README.md").read_text()
+    part = text[text.index("<!-- api-server-refuses -->") :]
+    part = part[: part.index("\n\n**", 1)]
+    rows = re.findall(r"^\| `([^`]+)` \| ([^|]+?) \|$", part, re.M)
+    (example,) = re.findall(r"```console\n\$ [^\n]+\n(.*?)\n```", part, re.S)
+    return rows, example
+
+
+def test_each_refusal_the_readme_lists_is_what_kubectl_apply_answers(
+    cluster: Cluster, ns: str
+) -> None:
+    rows, example = readme_refusals()
+    assert sorted(m for _, m in rows) == sorted(rule.message for rule in RULES), "one row a rule"
+    by_message = {m: case for case in schema_only.CEL_CASES for _, m in case.values[1]}
+    answers = []
+    for i, (field, message) in enumerate(rows):
+        change = by_message[message].values[0]
+        out = _apply(cluster, _doc(f"readme-{i}", change))
+        assert out.returncode != 0, out.stdout
+        assert f"{field}: Invalid value: " in out.stderr and message in out.stderr, out.stderr
+        answers.append(out.stderr.replace(f'"readme-{i}"', '"fraud"'))
+    assert any(example in answer for answer in answers), answers

@@ -382,7 +382,7 @@ def _rollout(platform: Platform, name: str, candidate: dict[str, Any], **spec: A
     with watching(platform.api, NS, name) as watch:
         platform.merge(name, {"spec": {"candidate": candidate, **spec}})
         md = wait_written_back(platform.api, NS, name, timeout_s=SERVER_START_S + ROLLOUT_S)
-        return md, watch.statuses()
+        return md, watch.statuses(upto=md)
 
 
 def _failed_checks(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
