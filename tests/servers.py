@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,14 @@ import httpx
 from turnout.io.processes import free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_recipe(marker: str) -> str:
+    """The README's bash block under ``<!-- marker -->``, as written (tests run it)."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- {re.escape(marker)} -->\n```bash\n(.*?)```", text, re.S)
+    assert found is not None, f"the README's <!-- {marker} --> recipe"
+    return found.group(1)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 90) -> None:

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, eventually, fake_upstream, kill_tree, router
+from tests.servers import eventually, fake_upstream, kill_tree, readme_recipe, router
 from turnout.core.ab_ledger import experiment_id
 from turnout.core.assign import Arm
 from turnout.core.observation import Metrics, MetricsQuery, WithLedger
@@ -418,20 +417,13 @@ def test_outcomes_survive_a_killed_replica_and_a_scale_down_exactly(platform: Pl
 # --- the README ------------------------------------------------------------------------------
 
 
-def readme_recipe() -> str:
-    text = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- ab-feedback -->\n```bash\n(.*?)```", text, re.S)
-    assert found is not None, "the README's A/B outcomes recipe"
-    return found.group(1)
-
-
 def test_the_readmes_feedback_recipe_works_as_written(platform: Platform, tmp_path: Path) -> None:
     """Run through bash in a folder whose .turnout holds the local platform's key, against a
     router asking for keys (the README's port swapped for a free one)."""
     home = tmp_path / "user" / ".turnout"
     key, _ = local_key(home)
     base, cm = platform.router("readme", "--api-keys", str(home / LOCAL_KEYS_FILE))
-    script = readme_recipe().replace("http://127.0.0.1:8080", base)
+    script = readme_recipe("ab-feedback").replace("http://127.0.0.1:8080", base)
     with cm:
         ran = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],

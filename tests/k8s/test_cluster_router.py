@@ -28,7 +28,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -43,8 +42,9 @@ import yaml
 
 from tests.integration.test_router_kube import until
 from tests.k8s.cluster import Cluster
-from tests.k8s.conftest import CHART, ROOT, TOOLS
-from tests.servers import stop, wait_ready
+from tests.k8s.conftest import CHART, ROOT
+from tests.k8s.test_cluster_kubectl import Shell, ok
+from tests.servers import readme_recipe, stop, wait_ready
 from turnout.io.kube import Kube, KubeError
 from turnout.io.processes import free_port
 
@@ -380,24 +380,12 @@ def test_an_expired_watch_is_recovered_by_listing_again(cluster: Cluster, at_res
 
 
 def readme_keys_recipe(cluster: Cluster, secret: str, cwd: Path) -> str:
-    """Run the README's "In a cluster" key recipe through bash; the key it made."""
-    text = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- keys-secret -->\n```bash\n(.*?)```", text, re.S)
-    assert found is not None, "the README's recipe for adding a key to the chart's Secret"
-    first, rest = found.group(1).split("\n", 1)
+    """Run the README's "In a cluster" key recipe through bash, as an admin would (kubectl
+    and turnout on PATH); the key it made."""
+    first, rest = readme_recipe("keys-secret").split("\n", 1)
     assert first.startswith("NS=turnout-system SECRET=turnout-router"), first
-    script = f"NS={RELEASE_NS} SECRET={secret}\n{rest}printf '%s' \"$KEY\"\n"
-    path = os.pathsep.join([str(Path(sys.executable).parent), str(TOOLS), os.environ["PATH"]])
-    ran = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env={**cluster.env(), "PATH": path},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    return ran.stdout.strip().splitlines()[-1]
+    script = f"set -euo pipefail\nNS={RELEASE_NS} SECRET={secret}\n{rest}printf '%s' \"$KEY\"\n"
+    return ok(Shell(cluster, cluster.kubeconfig, cwd).bash(script)).strip().splitlines()[-1]
 
 
 def test_the_charts_admin_key_is_needed_and_scoped_keys_added_to_the_secret_apply(
